@@ -1,0 +1,465 @@
+"""Typed, frozen, validated configs for model, data, training and mesh (a leaf module)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field and the fix."""
+
+
+def _require(ok: bool, name: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: {msg}")
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        _require(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0,
+            f"{type(obj).__name__}.{n}",
+            f"must be a positive integer, got {v!r}",
+        )
+
+
+def _choice(obj: Any, name: str, options: Sequence[str]) -> None:
+    v = getattr(obj, name)
+    if v not in options:
+        close = difflib.get_close_matches(str(v), options, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"{type(obj).__name__}.{name}: unknown value {v!r}{hint}; choose one of {list(options)}"
+        )
+
+
+ACTIVATIONS = ("gelu", "swiglu")
+NORMS = ("rmsnorm", "layernorm")
+POSITIONS = ("rope", "learned", "none")
+DTYPES = ("float32", "bfloat16")
+REMATS = ("none", "full", "dots")
+SCHEDULES = ("cosine", "constant", "wsd")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Decoder-only transformer shape; everything the model needs and nothing else."""
+
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 512
+    vocab_size: int = 257
+    context_length: int = 256
+    activation: str = "gelu"
+    norm: str = "rmsnorm"
+    position: str = "rope"
+    tie_embeddings: bool = True
+    param_dtype: str = "float32"
+    compute_dtype: str = "float32"
+    scan_layers: bool = True
+    remat: str = "none"
+    rope_base: float = 10000.0
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        _positive(self, "d_model", "n_layers", "n_heads", "d_ff", "vocab_size", "context_length")
+        _choice(self, "activation", ACTIVATIONS)
+        _choice(self, "norm", NORMS)
+        _choice(self, "position", POSITIONS)
+        _choice(self, "param_dtype", DTYPES)
+        _choice(self, "compute_dtype", DTYPES)
+        _choice(self, "remat", REMATS)
+        _require(
+            self.d_model % self.n_heads == 0,
+            "ModelConfig.n_heads",
+            f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+            f"pick n_heads from the divisors of d_model (e.g. {_divisor_near(self.d_model, self.n_heads)})",
+        )
+        _require(
+            self.position != "rope" or self.head_dim % 2 == 0,
+            "ModelConfig.n_heads",
+            f"RoPE needs an even head_dim, got {self.head_dim}; change n_heads or d_model",
+        )
+        _require(self.init_std > 0, "ModelConfig.init_std", "must be > 0")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def aspect_ratio(self) -> float:
+        """d_model / n_layers, the shape axis of Kaplan et al. 2020 Fig. 5."""
+        return self.d_model / self.n_layers
+
+    @property
+    def _norm_params(self) -> int:
+        return self.d_model * (2 if self.norm == "layernorm" else 1)
+
+    @property
+    def params_per_layer(self) -> int:
+        attn = 4 * self.d_model * self.d_model
+        mlp = (3 if self.activation == "swiglu" else 2) * self.d_model * self.d_ff
+        return attn + mlp + 2 * self._norm_params
+
+    @property
+    def n_params_embedding(self) -> int:
+        """Token (and learned position) embeddings plus an untied output head."""
+        n = self.vocab_size * self.d_model
+        if self.position == "learned":
+            n += self.context_length * self.d_model
+        if not self.tie_embeddings:
+            n += self.d_model * self.vocab_size
+        return n
+
+    @property
+    def n_params_nonembedding(self) -> int:
+        """Kaplan et al. 2020's N: every parameter outside the embedding matrices."""
+        return self.n_layers * self.params_per_layer + self._norm_params
+
+    @property
+    def n_params(self) -> int:
+        return self.n_params_embedding + self.n_params_nonembedding
+
+    @classmethod
+    def from_width_depth(
+        cls,
+        width: int,
+        depth: int,
+        *,
+        head_dim: int = 64,
+        ffn_ratio: float = 4.0,
+        **kw: Any,
+    ) -> ModelConfig:
+        """Build from (d_model, n_layers): heads = width/head_dim (one head if narrower),
+        d_ff = ffn_ratio*width for GELU or 2/3 of that rounded up to a multiple of 8 for
+        SwiGLU (same MLP parameter count, Shazeer 2020)."""
+        _require(
+            isinstance(width, int) and width > 0, "width", f"must be a positive int, got {width!r}"
+        )
+        _require(
+            isinstance(depth, int) and depth > 0, "depth", f"must be a positive int, got {depth!r}"
+        )
+        hd = min(head_dim, width)
+        _require(
+            width % hd == 0,
+            "width",
+            f"width={width} is not a multiple of head_dim={hd}; use a multiple of {hd}",
+        )
+        d_ff = int(round(ffn_ratio * width))
+        if kw.get("activation", "gelu") == "swiglu":
+            d_ff = 8 * math.ceil(2 * d_ff / 3 / 8)
+        return cls(d_model=width, n_layers=depth, n_heads=width // hd, d_ff=d_ff, **kw)
+
+
+def _divisor_near(n: int, k: int) -> int:
+    divs = [d for d in range(1, n + 1) if n % d == 0]
+    return min(divs, key=lambda d: abs(d - k))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where tokens come from and how they are split.
+
+    corpus: "stdlib" (built in), a text file / directory / glob, "tokens:PATH" for a
+    pre-tokenized uint16/uint32 file, or "hf:NAME[:SPLIT[:FIELD]]" for a Hugging Face dataset.
+    tokenizer: "byte" (256 bytes + end-of-document) or "bpe:PATH.json" / "bpe:VOCAB_SIZE".
+    """
+
+    corpus: str = "stdlib"
+    tokenizer: str = "byte"
+    val_fraction: float = 0.05
+    max_bytes: int | None = 8_000_000
+    token_dtype: str = "uint16"
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(bool(self.corpus), "DataConfig.corpus", "must not be empty")
+        _require(
+            0.0 < self.val_fraction < 0.5,
+            "DataConfig.val_fraction",
+            f"must be in (0, 0.5), got {self.val_fraction}",
+        )
+        _require(
+            self.max_bytes is None or (isinstance(self.max_bytes, int) and self.max_bytes > 0),
+            "DataConfig.max_bytes",
+            "must be a positive int or null",
+        )
+        _choice(self, "token_dtype", ("uint16", "uint32"))
+        tok = self.tokenizer
+        _require(
+            tok == "byte" or tok.startswith("bpe:"),
+            "DataConfig.tokenizer",
+            f"unknown tokenizer {tok!r}; use 'byte', 'bpe:PATH.json' or 'bpe:VOCAB_SIZE'",
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and loop settings (AdamW, schedule, eval, checkpoints)."""
+
+    batch_size: int = 16
+    steps: int = 200
+    grad_accum: int = 1
+    lr: float = 3e-3
+    schedule: str = "cosine"
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+    decay_fraction: float = 0.2
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    eval_every: int = 50
+    eval_batches: int = 4
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    seed: int = 0
+    gns: bool = False
+    gns_ema: float = 0.95
+
+    def __post_init__(self) -> None:
+        _positive(self, "batch_size", "steps", "grad_accum", "eval_every", "eval_batches")
+        _positive(self, "checkpoint_every", "keep_checkpoints", "log_every")
+        _require(
+            self.batch_size % self.grad_accum == 0,
+            "TrainConfig.grad_accum",
+            f"batch_size={self.batch_size} is not divisible by grad_accum={self.grad_accum}",
+        )
+        _require(
+            math.isfinite(self.lr) and self.lr > 0, "TrainConfig.lr", f"must be > 0, got {self.lr}"
+        )
+        _choice(self, "schedule", SCHEDULES)
+        _require(
+            0 <= self.warmup_steps <= self.steps,
+            "TrainConfig.warmup_steps",
+            f"must be in [0, steps={self.steps}], got {self.warmup_steps}",
+        )
+        _require(0 <= self.min_lr_ratio <= 1, "TrainConfig.min_lr_ratio", "must be in [0, 1]")
+        _require(0 < self.decay_fraction <= 1, "TrainConfig.decay_fraction", "must be in (0, 1]")
+        _require(self.weight_decay >= 0, "TrainConfig.weight_decay", "must be >= 0")
+        _require(self.grad_clip >= 0, "TrainConfig.grad_clip", "must be >= 0 (0 disables)")
+        _require(0 <= self.gns_ema < 1, "TrainConfig.gns_ema", "must be in [0, 1)")
+        _require(
+            not self.gns or self.grad_accum >= 2,
+            "TrainConfig.gns",
+            "the gradient noise scale needs two batch sizes: set grad_accum >= 2",
+        )
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh spec 'data=-1,fsdp=1,tensor=1' (-1 takes the remaining devices)."""
+
+    spec: str = "data=-1,fsdp=1,tensor=1"
+    distributed: bool = False
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+    def __post_init__(self) -> None:
+        self.axes()  # validates the spec
+
+    def axes(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for part in self.spec.replace(" ", "").split(","):
+            if not part:
+                continue
+            name, sep, val = part.partition("=")
+            _require(
+                bool(sep) and name in ("data", "fsdp", "tensor"),
+                "MeshConfig.spec",
+                f"bad entry {part!r}; write e.g. 'data=-1,fsdp=1,tensor=1'",
+            )
+            try:
+                n = int(val)
+            except ValueError:
+                raise ConfigError(f"MeshConfig.spec: {name}={val!r} is not an integer") from None
+            _require(
+                n == -1 or n > 0, "MeshConfig.spec", f"{name}={n}: sizes are positive or -1"
+            )
+            out[name] = n
+        _require(
+            sum(v == -1 for v in out.values()) <= 1,
+            "MeshConfig.spec",
+            "at most one axis may be -1",
+        )
+        return {k: out.get(k, 1) for k in ("data", "fsdp", "tensor")}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: model, data, training and mesh settings."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    name: str = "run"
+
+    def __post_init__(self) -> None:
+        for f, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig)):
+            _require(
+                isinstance(getattr(self, f), cls), f"RunConfig.{f}", f"must be a {cls.__name__}"
+            )
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.train.batch_size * self.model.context_length
+
+    @property
+    def total_tokens(self) -> int:
+        return self.tokens_per_step * self.train.steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def run_id(self) -> str:
+        """Stable 12-hex ID from everything that changes the result (not name or mesh)."""
+        d = self.to_dict()
+        d.pop("name")
+        d.pop("mesh")
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
+        return _build(cls, d, "")
+
+    def replace(self, **overrides: Any) -> RunConfig:
+        """Apply dotted overrides like {'model.d_model': 256, 'train.lr': 1e-3}."""
+        return apply_overrides(self, overrides)
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert a scalar to the annotated type, with a readable error."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value.replace("_", ""))
+                if f.is_integer():
+                    return int(f)
+            except ValueError:
+                pass
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _unknown(key: str, options: Sequence[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {sorted(options)}"
+    return ConfigError(f"{where}: unknown key {key!r}{hint}")
+
+
+def _build(cls: type, d: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kw: dict[str, Any] = {}
+    for k, v in d.items():
+        where = f"{prefix}{k}"
+        if k not in names:
+            raise _unknown(k, names, prefix.rstrip(".") or "config")
+        if cls is RunConfig and k in _SECTIONS:
+            kw[k] = _build(_SECTIONS[k], v or {}, f"{k}.")
+        else:
+            kw[k] = _coerce(v, hints[k], where)
+    return cls(**kw)
+
+
+def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
+    """Return cfg with dotted (or unambiguous bare) keys replaced, re-validated."""
+    d = cfg.to_dict()
+    for key, value in overrides.items():
+        section, _, leaf = key.partition(".")
+        if not leaf:
+            if key == "name":
+                d["name"] = value
+                continue
+            owners = [s for s, c in _SECTIONS.items() if key in {f.name for f in dataclasses.fields(c)}]
+            if len(owners) != 1:
+                every = [f"{s}.{f.name}" for s, c in _SECTIONS.items() for f in dataclasses.fields(c)]
+                if owners:
+                    raise ConfigError(
+                        f"override {key!r} is ambiguous; write one of {[f'{o}.{key}' for o in owners]}"
+                    )
+                raise _unknown(key, every + ["name"], "override")
+            section, leaf = owners[0], key
+        if section not in _SECTIONS:
+            raise _unknown(section, list(_SECTIONS) + ["name"], "override")
+        d[section][leaf] = value
+    return RunConfig.from_dict(d)
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """Parse ['model.d_model=256', 'train.lr=1e-3'] into a dict (values YAML-typed)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, val = item.lstrip("-").partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: write KEY=VALUE, e.g. model.d_model=256")
+        out[key] = yaml.safe_load(val) if val != "" else ""
+    return out
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Load a YAML/JSON run config (safe loading only) and apply KEY=VALUE overrides."""
+    import yaml
+
+    d: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            d = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML/JSON: {e}") from None
+    cfg = RunConfig.from_dict(d)
+    return apply_overrides(cfg, parse_overrides(overrides)) if overrides else cfg
