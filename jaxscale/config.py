@@ -72,9 +72,11 @@ class ModelConfig:
     remat: str = "none"
     rope_base: float = 10000.0
     init_std: float = 0.02
+    vocab_multiple: int = 8
 
     def __post_init__(self) -> None:
         _positive(self, "d_model", "n_layers", "n_heads", "d_ff", "vocab_size", "context_length")
+        _positive(self, "vocab_multiple")
         _choice(self, "activation", ACTIVATIONS)
         _choice(self, "norm", NORMS)
         _choice(self, "position", POSITIONS)
@@ -99,6 +101,11 @@ class ModelConfig:
         return self.d_model // self.n_heads
 
     @property
+    def padded_vocab(self) -> int:
+        """Embedding rows: vocab_size rounded up to vocab_multiple so tensor sharding divides."""
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
+
+    @property
     def aspect_ratio(self) -> float:
         """d_model / n_layers, the shape axis of Kaplan et al. 2020 Fig. 5."""
         return self.d_model / self.n_layers
@@ -116,11 +123,11 @@ class ModelConfig:
     @property
     def n_params_embedding(self) -> int:
         """Token (and learned position) embeddings plus an untied output head."""
-        n = self.vocab_size * self.d_model
+        n = self.padded_vocab * self.d_model
         if self.position == "learned":
             n += self.context_length * self.d_model
         if not self.tie_embeddings:
-            n += self.d_model * self.vocab_size
+            n += self.d_model * self.padded_vocab
         return n
 
     @property
