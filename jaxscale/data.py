@@ -551,6 +551,17 @@ def _read_documents(spec: str, max_bytes: int | None) -> _Docs:
     return _read_local(spec, max_bytes)
 
 
+def _cut_point(data: bytes, lo: int, hi: int) -> int:
+    """First line end in [lo, hi), else first space, else the next UTF-8 character start."""
+    for sep in (b"\n", b" "):
+        j = data.find(sep, lo, hi)
+        if j >= 0:
+            return j + 1
+    while lo < len(data) and 0x80 <= data[lo] < 0xC0:
+        lo += 1
+    return lo
+
+
 def _split_single(docs: _Docs, val_fraction: float) -> None:
     """Cut a lone document at line ends into pseudo-documents so a by-document split exists."""
     if len(docs.names) != 1:
@@ -559,10 +570,11 @@ def _split_single(docs: _Docs, val_fraction: float) -> None:
     n = max(math.ceil(2 / val_fraction), math.ceil(len(data) / 2**20))
     bounds = [0]
     for i in range(1, n):
-        nl = data.find(b"\n", max(bounds[-1], len(data) * i // n))
-        if nl < 0:
+        at = max(bounds[-1], len(data) * i // n)
+        cut = _cut_point(data, at, at + len(data) // n)
+        if cut >= len(data):
             break
-        bounds.append(nl + 1)
+        bounds.append(cut)
     bounds.append(len(data))
     pieces = [
         (f"{docs.names[0]}#{i:05d}", data[a:b])
@@ -687,7 +699,7 @@ def load_corpus(cfg: DataConfig) -> Corpus:
                 for n, b, v in zip(docs.names, docs.datas, is_val_D)
             ]
         _write_entry(d, {"train": train, "val": val}, meta, manifest)
-    return _corpus_from_entry(d, meta)
+    return _corpus_from_entry(d, meta, docs.stats)
 
 
 def _fingerprint(parts: Mapping[str, Any]) -> str:
@@ -695,9 +707,13 @@ def _fingerprint(parts: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _corpus_from_entry(d: Path, meta: Mapping[str, Any]) -> Corpus:
+def _corpus_from_entry(
+    d: Path, meta: Mapping[str, Any], stats: Mapping[str, Any] | None = None
+) -> Corpus:
     train, val = _mmap(d, "train"), _mmap(d, "val")
     info = {k: meta[k] for k in ("source_fingerprint", "n_bytes", "stats", "corpus") if k in meta}
+    if stats is not None:  # this read's own stats (a cache entry may be shared by equal reads)
+        info["stats"] = dict(stats)
     info["cache_dir"] = str(d)
     return Corpus(
         train=train,
