@@ -12,6 +12,7 @@ Corpora (``DataConfig.corpus``):
   per file; a single file is cut at line boundaries into pseudo-documents so it can be split.
 - ``"tokens:PATH"``: a pre-tokenized ``.npy`` or raw ``.bin`` file of uint16/uint32 ids,
   memory-mapped; documents are the segments ending in the tokenizer's end-of-document id.
+  ``max_bytes`` caps token files too (set it to null to use a whole file).
 - ``"hf:NAME[:SPLIT[:FIELD]]"``: a Hugging Face dataset (hub name or a ``save_to_disk``
   directory), one row per document; needs the optional ``datasets`` package.
 
@@ -244,10 +245,16 @@ class Corpus:
 
     def describe(self) -> str:
         """One line for logs: source, sizes, vocabulary and fingerprint."""
+        used, avail = self.meta.get("n_bytes"), self.meta.get("stats", {}).get("bytes_available")
+        cap = (
+            f" (capped by data.max_bytes: {used:,} of {avail:,} bytes)"
+            if used and avail and avail > used
+            else ""
+        )
         return (
             f"{self.source}: {self.train.shape[0]:,} train / {self.val.shape[0]:,} val tokens in "
             f"{self.n_docs_train:,} / {self.n_docs_val:,} documents, vocab {self.vocab_size}, "
-            f"tokenizer {self.tokenizer}, fingerprint {self.fingerprint[:12]}"
+            f"tokenizer {self.tokenizer}, fingerprint {self.fingerprint[:12]}{cap}"
         )
 
 
@@ -780,7 +787,7 @@ def _hash_u64(*keys: int, idx_N: np.ndarray) -> np.ndarray:
     golden = np.uint64(0x9E3779B97F4A7C15)
     h = np.zeros(1, dtype=np.uint64)
     for k in keys:
-        h = _mix64(h ^ (np.array([k & (2**64 - 1)], dtype=np.uint64) * golden + golden))
+        h = _mix64(h ^ (np.array([int(k) & (2**64 - 1)], dtype=np.uint64) * golden + golden))
     return _mix64(h ^ ((idx_N.astype(np.uint64) + np.uint64(1)) * golden))
 
 
@@ -821,6 +828,7 @@ def _load_token_corpus(cfg: DataConfig) -> Corpus:
         )
     tok = load_tokenizer(cfg.tokenizer)
     arr = open_token_file(path, cfg.token_dtype)
+    n_file = int(arr.shape[0])
     if cfg.max_bytes is not None and arr.shape[0] * arr.dtype.itemsize > cfg.max_bytes:
         n = cfg.max_bytes // arr.dtype.itemsize
         eods = np.flatnonzero(arr[:n] == tok.eod_id)
@@ -872,7 +880,7 @@ def _load_token_corpus(cfg: DataConfig) -> Corpus:
             "n_docs_train": int((~is_val_D).sum()),
             "n_docs_val": int(is_val_D.sum()),
             "n_bytes": n_tok * arr.dtype.itemsize,
-            "stats": {"n_tokens_file": n_tok},
+            "stats": {"bytes_available": n_file * arr.dtype.itemsize, "n_tokens_file": n_file},
             "config": dataclasses.asdict(cfg),
         }
         _write_entry(d, arrays, meta, None)
@@ -1186,8 +1194,11 @@ def eval_corpus(
     cfg = cfg or DataConfig()
     if name not in EVAL_CORPORA:
         raise ValueError(f"unknown eval corpus {name!r}; choose one of {list(EVAL_CORPORA)}")
+    tok_spec = cfg.tokenizer
+    if tok_spec != "byte" and tok_spec.partition(":")[2].isdigit():
+        tok_spec = load_corpus(cfg).tokenizer  # the BPE vocabulary trained for this config
     if name == "stdlib":
-        c = load_corpus(dataclasses.replace(cfg, corpus="stdlib"))
+        c = load_corpus(dataclasses.replace(cfg, corpus="stdlib", tokenizer=tok_spec))
         return EvalSet(
             name,
             c.val,
@@ -1198,9 +1209,6 @@ def eval_corpus(
             c.tokenizer,
             c.meta,
         )
-    tok_spec = cfg.tokenizer
-    if tok_spec != "byte" and tok_spec.partition(":")[2].isdigit():
-        tok_spec = load_corpus(cfg).tokenizer  # the BPE vocabulary trained for this config
     tok = load_tokenizer(tok_spec)
     dtype = _check_dtype(tok.vocab_size, cfg.token_dtype)
     docs = _read_site_packages(max_bytes) if name == "site-packages" else _read_prose(max_bytes)

@@ -363,3 +363,18 @@ def test_single_line_file_still_splits(tmp_path):
     c = data.load_corpus(DataConfig(corpus=str(p), val_fraction=0.1))
     assert c.n_docs_train >= 10 and c.n_docs_val >= 1
     assert c.n_tokens == p.stat().st_size + c.n_docs_train + c.n_docs_val
+
+
+def test_bpe_corpus_and_eval_sets_share_the_trained_tokenizer():
+    cfg = DataConfig(max_bytes=SMALL, tokenizer="bpe:320", val_fraction=0.2)
+    c = data.load_corpus(cfg)
+    tok = data.tokenizer_for(c)
+    assert c.vocab_size == tok.vocab_size == 320 and c.tokenizer.startswith("bpe:/")
+    assert c.n_tokens < c.meta["n_bytes"]  # merges compress the text
+    first = np.asarray(c.val[: int(np.argmax(np.asarray(c.val) == tok.eod_id))])
+    assert tok.encode(tok.decode(first)).tolist() == first.tolist()
+    held = data.eval_corpus("stdlib", cfg)
+    assert held.tokenizer == c.tokenizer and np.array_equal(held.tokens, c.val)
+    prose = data.eval_corpus("prose", cfg, max_bytes=20_000)
+    assert prose.tokenizer == c.tokenizer and prose.tokens.max() < 320
+    assert "capped by data.max_bytes" in c.describe()
