@@ -1,0 +1,547 @@
+"""FLOP accounting: analytic counts under named conventions, XLA's count, device peaks and MFU.
+
+Every convention is itemised as FORWARD FLOPs PER TOKEN (per-sequence formulas such as
+Hoffmann et al. 2022 App. F are divided by the sequence length S). Training FLOPs per token
+are forward x (1 + BACKWARD_FACTOR) = 3x forward: the backward pass costs two matmuls per
+forward matmul (input and weight gradients; Kaplan et al. 2020 §2.1, Hoffmann et al. 2022 App. F).
+
+This module is pure python except `xla_flops`, `measure_matmul_peak`, `device_peak_flops`
+and `xla_train_step_flops`, which import jax lazily, so pricing a run under every convention
+(`all_flops_per_token(cfg) * tokens`) is cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import functools
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from jaxscale.config import ModelConfig, RunConfig
+
+BACKWARD_FACTOR = 2.0
+
+CONVENTIONS: tuple[str, ...] = (
+    "kaplan",
+    "kaplan_attn",
+    "palm",
+    "chinchilla",
+    "chinchilla_noembed",
+    "exact",
+    "exact_causal",
+)
+
+_DESCRIPTIONS = {
+    "kaplan": "6N, N = non-embedding params (Kaplan et al. 2020 eq. 2.1, Table 1)",
+    "kaplan_attn": "6N + 6 L T d_attn: Kaplan Table 1 forward 2N + 2 n_layer n_ctx d_attn, x3",
+    "palm": "6N + 12 L H Q T (Chowdhery et al. 2022, PaLM App. B)",
+    "chinchilla": "Hoffmann et al. 2022 App. F incl. embedding and final logits, x3",
+    "chinchilla_noembed": "Hoffmann et al. 2022 App. F without embedding and final logits, x3",
+    "exact": "jaxscale's architecture op by op, full (unmasked) T x T attention, x3",
+    "exact_causal": "as exact but causal attention halved: (T+1)/2 keys per query on average",
+}
+
+# Per-element op counts as XLA's HloCostAnalysis counts them: add/mul/sub/div/compare/select and
+# reductions cost 1 FLOP per element; transcendentals (exp, tanh, rsqrt, logistic) are tallied
+# separately by XLA and are NOT in its `flops`, so they are not counted here either.
+_RMSNORM_PER_ELEM = 4  # x*x, mean-reduce, x*rsqrt, *scale (model._norm)
+_LAYERNORM_PER_ELEM = 8  # mean, x-mu, square, mean, *rsqrt, *scale, +bias (model._norm)
+_ROPE_PER_ELEM = 3  # 6 ops per rotated pair: x1*c - x2*s, x2*c + x1*s (model._rope)
+_GELU_TANH_PER_ELEM = 8  # 0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3))), tanh excluded
+_SWIGLU_PER_ELEM = 5  # silu(g) = g*sigmoid(g): 1 (+ XLA's logistic expansion) and the product
+_SOFTMAX_PER_SCORE = 5  # scale, max-reduce, subtract, sum-reduce, divide (exp excluded)
+_CAUSAL_SELECT_PER_SCORE = 1  # where(mask, s, -inf) per head; the mask itself is per (query, key)
+_XENT_PER_LOGIT = 3  # log-softmax: max, subtract, sum (optax softmax_cross_entropy)
+# AdamW update as optax.adamw executes it per parameter: m (3), v (4), bias corrections (2),
+# +eps and divide (2), weight decay (2), learning rate (1), apply_updates (1) = 15; global-norm
+# clipping (optax.clip_by_global_norm) adds square, reduce-add, scale, select (5 as compiled).
+_ADAMW_PER_PARAM = 15
+_CLIP_PER_PARAM = 5
+
+
+def convention_error(name: str) -> ValueError:
+    """A readable ValueError for an unknown convention, with the closest valid name."""
+    close = difflib.get_close_matches(str(name), CONVENTIONS, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return ValueError(
+        f"unknown FLOP convention {name!r}; {hint}choose one of {', '.join(CONVENTIONS)}"
+    )
+
+
+def _seq(cfg: ModelConfig, seq_len: int | None) -> int:
+    T = cfg.context_length if seq_len is None else seq_len
+    if not isinstance(T, int) or isinstance(T, bool) or T <= 0:
+        raise ValueError(f"seq_len must be a positive int (tokens per sequence), got {T!r}")
+    return T
+
+
+def _n_mlp_mats(cfg: ModelConfig) -> int:
+    return 3 if cfg.activation == "swiglu" else 2
+
+
+def _kaplan_items(cfg: ModelConfig) -> list[tuple[str, float]]:
+    """Forward 2N split as Kaplan et al. 2020 Table 1, plus the norm gains the config's N holds."""
+    L, D, F = cfg.n_layers, cfg.d_model, cfg.d_ff
+    mats = 2 * L * (4 * D * D + _n_mlp_mats(cfg) * D * F)
+    return [
+        ("attn qkv (2 L d 3 d_attn)", 2.0 * L * 3 * D * D),
+        ("attn project (2 L d_attn d)", 2.0 * L * D * D),
+        (f"feedforward (2 L {_n_mlp_mats(cfg)} d d_ff)", 2.0 * L * _n_mlp_mats(cfg) * D * F),
+        ("norm gains (2 x norm params)", 2.0 * cfg.n_params_nonembedding - mats),
+    ]
+
+
+def _chinchilla_items(cfg: ModelConfig, T: int, embed: bool) -> list[tuple[str, float]]:
+    """Hoffmann et al. 2022 App. F, forward per sequence of length S, divided by S.
+
+    d = d_model, k*h = n_heads*head_dim, ffw = d_ff, V = padded_vocab (the rows actually
+    multiplied). The dense block is 2 S (2 d ffw) for two matrices; SwiGLU's third matrix is
+    counted the same way (2 S (3 d ffw)), which App. F does not cover.
+    """
+    S, d, V, L, h = T, cfg.d_model, cfg.padded_vocab, cfg.n_layers, cfg.n_heads
+    kh = cfg.n_heads * cfg.head_dim
+    per_seq = [
+        ("attn qkv projections (2 3 S d kh)", 2 * 3 * S * d * kh),
+        ("attn key@query logits (2 S^2 kh)", 2 * S * S * kh),
+        ("attn softmax (3 h S^2)", 3 * h * S * S),
+        ("attn softmax@value (2 S^2 kh)", 2 * S * S * kh),
+        ("attn output projection (2 S kh d)", 2 * S * kh * d),
+        (f"dense block (2 S {_n_mlp_mats(cfg)} d ffw)", 2 * S * _n_mlp_mats(cfg) * d * cfg.d_ff),
+    ]
+    items = [(n, float(L * f) / S) for n, f in per_seq]
+    if embed:
+        items.insert(0, ("embeddings (2 S V d)", 2.0 * S * V * d / S))
+        items.append(("final logits (2 S d V)", 2.0 * S * d * V / S))
+    return items
+
+
+def _exact_items(cfg: ModelConfig, T: int, halved: bool) -> list[tuple[str, float]]:
+    """Every op of model.Transformer + the cross-entropy, forward, per token (XLA's counting)."""
+    L, D, F, V, Nh = cfg.n_layers, cfg.d_model, cfg.d_ff, cfg.padded_vocab, cfg.n_heads
+    # Keys seen per query: T when the full score matrix is computed and masked (what
+    # jax.nn.dot_product_attention's XLA path does), (T+1)/2 when masked blocks are skipped.
+    K = (T + 1) / 2 if halved else float(T)
+    if cfg.norm == "layernorm":
+        norm = _LAYERNORM_PER_ELEM * D + 2  # + two per-row 1/D scalings
+    else:
+        norm = _RMSNORM_PER_ELEM * D + 1
+    act = _SWIGLU_PER_ELEM if cfg.activation == "swiglu" else _GELU_TANH_PER_ELEM
+    # Causal mask: a select per head and score, plus the iota-compare per (query, key).
+    softmax = (_SOFTMAX_PER_SCORE + _CAUSAL_SELECT_PER_SCORE) * Nh * K + K
+    per_layer = [
+        ("norms (2 per layer)", 2 * norm),
+        ("attn q,k,v projections (2 3 d^2)", 2 * 3 * D * D),
+        ("attn q@k logits (2 K d)", 2 * K * D),
+        ("attn softmax + causal mask", softmax),
+        ("attn probs@v (2 K d)", 2 * K * D),
+        ("attn output projection (2 d^2)", 2 * D * D),
+        (f"mlp matmuls (2 {_n_mlp_mats(cfg)} d d_ff)", 2 * _n_mlp_mats(cfg) * D * F),
+        (f"mlp {cfg.activation}", act * F),
+        ("residual adds (2 d)", 2 * D),
+    ]
+    if cfg.position == "rope":
+        per_layer.insert(2, ("rope on q,k (2 3 d)", 2 * _ROPE_PER_ELEM * D))
+    items: list[tuple[str, float]] = [("token embedding (gather, no FLOPs)", 0.0)]
+    if cfg.position == "learned":
+        items.append(("learned position add (d)", float(D)))
+    items += [(f"{name} x{L} layers", float(L * f)) for name, f in per_layer]
+    items += [
+        ("final norm", float(norm)),
+        ("output logits (2 d V)", 2.0 * D * V),
+        ("cross-entropy (3 V)", float(_XENT_PER_LOGIT * V)),
+    ]
+    return items
+
+
+@functools.lru_cache(maxsize=4096)
+def _itemise_cached(cfg: ModelConfig, convention: str, T: int) -> tuple[tuple[str, float], ...]:
+    L, D, H, Q = cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.head_dim
+    if convention == "kaplan":
+        items = _kaplan_items(cfg)
+    elif convention == "kaplan_attn":
+        items = _kaplan_items(cfg) + [("attn mask/QK context (2 L n_ctx d_attn)", 2.0 * L * T * D)]
+    elif convention == "palm":
+        # 12 L H Q T is training; its forward third is QK^T plus AV over full T keys.
+        items = _kaplan_items(cfg) + [("attention QK^T + AV (4 L H Q T)", 4.0 * L * H * Q * T)]
+    elif convention == "chinchilla":
+        items = _chinchilla_items(cfg, T, embed=True)
+    elif convention == "chinchilla_noembed":
+        items = _chinchilla_items(cfg, T, embed=False)
+    elif convention in ("exact", "exact_causal"):
+        items = _exact_items(cfg, T, halved=convention == "exact_causal")
+    else:
+        raise convention_error(convention)
+    return tuple(items)
+
+
+def itemise(
+    cfg: ModelConfig, convention: str, seq_len: int | None = None
+) -> list[tuple[str, float]]:
+    """FORWARD FLOPs per token, item by item; training total = 3 x sum (see flops_per_token)."""
+    if convention not in CONVENTIONS:
+        raise convention_error(convention)
+    return list(_itemise_cached(cfg, convention, _seq(cfg, seq_len)))
+
+
+def forward_flops_per_token(
+    cfg: ModelConfig, convention: str = "kaplan_attn", seq_len: int | None = None
+) -> float:
+    """Forward-pass FLOPs per token under a convention."""
+    return math.fsum(f for _, f in itemise(cfg, convention, seq_len))
+
+
+def flops_per_token(
+    cfg: ModelConfig, convention: str = "kaplan_attn", seq_len: int | None = None
+) -> float:
+    """Training (forward + backward) FLOPs per token; backward = 2 x forward."""
+    return (1.0 + BACKWARD_FACTOR) * forward_flops_per_token(cfg, convention, seq_len)
+
+
+def all_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> dict[str, float]:
+    """Training FLOPs per token under every convention."""
+    return {c: flops_per_token(cfg, c, seq_len) for c in CONVENTIONS}
+
+
+def optimizer_flops(cfg: ModelConfig, grad_clip: bool = True) -> float:
+    """FLOPs of one AdamW update (optax.adamw, optionally after global-norm clipping), per step."""
+    return float(cfg.n_params * (_ADAMW_PER_PARAM + (_CLIP_PER_PARAM if grad_clip else 0)))
+
+
+def step_flops(run: RunConfig, convention: str = "exact", optimizer: bool = True) -> float:
+    """Training FLOPs of one optimizer step: tokens_per_step x per-token count (+ AdamW)."""
+    c = flops_per_token(run.model, convention) * run.tokens_per_step
+    if optimizer:
+        c += optimizer_flops(run.model, grad_clip=run.train.grad_clip > 0)
+    return c
+
+
+# --------------------------------------------------------------------------- XLA's count
+
+
+def xla_flops(compiled: Any, per_device: bool = False) -> float:
+    """FLOPs of a compiled executable from `cost_analysis()` (dict, or list of dicts in old JAX).
+
+    Under an SPMD mesh XLA analyses the partitioned per-device program, so the figure is per
+    device; unless per_device, it is multiplied by the number of devices the program runs on.
+    XLA counts a while-loop (lax.scan) body ONCE, not trip-count times: lower with
+    scan_layers=False and grad_accum=1 (see xla_train_step_flops) for a whole-step count.
+    """
+    ca = compiled.cost_analysis()
+    if ca is None:
+        raise ValueError("this backend's compiled.cost_analysis() returned None; no XLA count")
+    parts = ca if isinstance(ca, (list, tuple)) else [ca]
+    flops = math.fsum(float(p.get("flops", 0.0)) for p in parts if p)
+    if flops <= 0:
+        raise ValueError(f"cost_analysis() has no positive 'flops' entry: {list(parts[0])[:8]}")
+    return flops if per_device else flops * _n_devices(compiled)
+
+
+def _n_devices(compiled: Any) -> int:
+    import jax
+
+    try:
+        leaves = jax.tree.leaves(compiled.input_shardings)
+    except Exception:
+        return 1
+    return max((len(s.device_set) for s in leaves if hasattr(s, "device_set")), default=1)
+
+
+def counting_config(run: RunConfig) -> RunConfig:
+    """The same step unrolled for cost_analysis: layers not scanned, one microbatch."""
+    return run.replace(**{"model.scan_layers": False, "train.grad_accum": 1, "model.remat": "none"})
+
+
+def reference_lowered(run: RunConfig) -> Any:
+    """A minimal AdamW LM train step on model.apply (used when train.lower_step is absent)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from jaxscale import model
+
+    cfg, tc = run.model, run.train
+    graphdef, state = model.init_state(cfg, tc.seed)
+    params = nnx.to_pure_dict(state)
+    parts = [optax.clip_by_global_norm(tc.grad_clip)] if tc.grad_clip > 0 else []
+    opt = optax.chain(*parts, optax.adamw(tc.lr, tc.beta1, tc.beta2, tc.eps, tc.weight_decay))
+
+    def loss_fn(p: dict, tokens_BxL: jax.Array) -> jax.Array:
+        logits_BxLxV = model.apply(graphdef, state, p, tokens_BxL)
+        return optax.softmax_cross_entropy_with_integer_labels(
+            logits_BxLxV[:, :-1], tokens_BxL[:, 1:]
+        ).mean()
+
+    def step(p: dict, opt_state: Any, tokens_BxL: jax.Array) -> tuple:
+        loss, grads = jax.value_and_grad(loss_fn)(p, tokens_BxL)
+        updates, opt_state = opt.update(grads, opt_state, p)
+        return optax.apply_updates(p, updates), opt_state, loss
+
+    p_abs = jax.eval_shape(lambda: params)
+    o_abs = jax.eval_shape(opt.init, p_abs)
+    tok = jax.ShapeDtypeStruct((tc.batch_size, cfg.context_length), jnp.int32)
+    return jax.jit(step).lower(p_abs, o_abs, tok)
+
+
+def xla_train_step_flops(run: RunConfig, use_train: bool = True) -> tuple[float, str]:
+    """(global FLOPs, source) of one compiled train step, via train.lower_step when present."""
+    rc = counting_config(run)
+    lowered, src = None, "flops.reference_lowered (minimal AdamW step)"
+    if use_train:
+        try:
+            from jaxscale.train import lower_step
+        except ImportError:
+            lower_step = None
+        if lower_step is not None:
+            lowered, src = lower_step(rc), "train.lower_step"
+    if lowered is None:
+        lowered = reference_lowered(rc)
+    return xla_flops(lowered.compile()), src
+
+
+# --------------------------------------------------------------------------- peaks and MFU
+
+# Dense (no structured sparsity) peak FLOP/s per chip/GPU, by dtype. Sources:
+#   TPU v4  https://cloud.google.com/tpu/docs/v4   (275 TFLOPS bf16)
+#   TPU v5e https://cloud.google.com/tpu/docs/v5e  (197 TFLOPS bf16)
+#   TPU v5p https://cloud.google.com/tpu/docs/v5p  (459 TFLOPS bf16)
+#   TPU v6e https://cloud.google.com/tpu/docs/v6e  (918 TFLOPS bf16)
+#   A100    https://www.nvidia.com/en-us/data-center/a100/  (312 bf16, 156 tf32, 19.5 fp32)
+#   H100    https://www.nvidia.com/en-us/data-center/h100/  (SXM 989 bf16, 495 tf32, 67 fp32;
+#           PCIe 756 bf16, 378 tf32, 51 fp32; the sheet's 2x figures are with sparsity)
+#   H200    https://www.nvidia.com/en-us/data-center/h200/  (SXM: same as H100 SXM)
+# TPUs publish no fp32 figure (f32 matmuls run as multi-pass bf16 on the MXU), so none is given.
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "TPU v4": {"bfloat16": 275e12},
+    "TPU v5 lite": {"bfloat16": 197e12},
+    "TPU v5p": {"bfloat16": 459e12},
+    "TPU v6 lite": {"bfloat16": 918e12},
+    "A100": {"bfloat16": 312e12, "tfloat32": 156e12, "float32": 19.5e12},
+    "H100 PCIe": {"bfloat16": 756e12, "tfloat32": 378e12, "float32": 51e12},
+    "H100": {"bfloat16": 989e12, "tfloat32": 495e12, "float32": 67e12},
+    "H200": {"bfloat16": 989e12, "tfloat32": 495e12, "float32": 67e12},
+}
+_PEAK_SOURCES = {
+    "TPU v4": "cloud.google.com/tpu/docs/v4",
+    "TPU v5 lite": "cloud.google.com/tpu/docs/v5e",
+    "TPU v5p": "cloud.google.com/tpu/docs/v5p",
+    "TPU v6 lite": "cloud.google.com/tpu/docs/v6e",
+    "A100": "nvidia.com/en-us/data-center/a100",
+    "H100 PCIe": "nvidia.com/en-us/data-center/h100",
+    "H100": "nvidia.com/en-us/data-center/h100",
+    "H200": "nvidia.com/en-us/data-center/h200",
+}
+# device_kind strings as JAX reports them -> table key (most specific first).
+_KIND_ALIASES = (
+    ("tpu v5 lite", "TPU v5 lite"),
+    ("tpu v5e", "TPU v5 lite"),
+    ("tpu v5p", "TPU v5p"),
+    ("tpu v5", "TPU v5p"),
+    ("tpu v6 lite", "TPU v6 lite"),
+    ("tpu v6e", "TPU v6 lite"),
+    ("tpu v4", "TPU v4"),
+    ("h100 pcie", "H100 PCIe"),
+    ("h100", "H100"),
+    ("h200", "H200"),
+    ("a100", "A100"),
+)
+
+
+def lookup_peak(device_kind: str, dtype: str = "float32") -> float | None:
+    """Published dense peak FLOP/s for a JAX device_kind and dtype, or None if not tabled."""
+    kind = device_kind.lower()
+    for alias, key in _KIND_ALIASES:
+        if alias in kind:
+            return PEAK_FLOPS[key].get(dtype)
+    return None
+
+
+_MEASURED: dict[tuple[int, str], float] = {}
+
+
+def measure_matmul_peak(n: int = 2048, dtype: Any = None, repeats: int = 5) -> float:
+    """Best-of-`repeats` FLOP/s of a jitted n x n x n matmul on the default device (2 n^3 FLOPs)."""
+    import jax
+    import jax.numpy as jnp
+
+    dt = jnp.dtype(jnp.float32 if dtype is None else dtype)
+    key = (n, dt.name)
+    if key in _MEASURED:
+        return _MEASURED[key]
+    ka, kb = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(ka, (n, n), jnp.float32).astype(dt)
+    b = jax.random.normal(kb, (n, n), jnp.float32).astype(dt)
+    mm = jax.jit(lambda x, y: x @ y)
+    mm(a, b).block_until_ready()  # compile + warm up
+    best = math.inf
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        mm(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    _MEASURED[key] = 2.0 * n**3 / best
+    return _MEASURED[key]
+
+
+def device_peak_flops(dtype: str = "float32") -> tuple[float, str]:
+    """(peak FLOP/s of one device, source): the vendor table if known, else a measured matmul."""
+    import jax
+
+    kind = jax.devices()[0].device_kind
+    peak = lookup_peak(kind, dtype)
+    if peak is not None:
+        return peak, f"published {dtype} peak for {kind!r}"
+    n = 2048
+    measured = measure_matmul_peak(n, dtype)
+    return measured, f"measured {n}^3 {dtype} matmul on {kind!r} (best of 5)"
+
+
+def mfu(
+    tokens_per_s: float,
+    cfg: ModelConfig,
+    n_devices: int = 1,
+    dtype: str = "float32",
+    convention: str = "exact_causal",
+    peak: float | None = None,
+) -> float:
+    """Model FLOPs utilisation: training FLOP/s of the model over n_devices x device peak."""
+    if peak is None:
+        peak, _ = device_peak_flops(dtype)
+    return tokens_per_s * flops_per_token(cfg, convention) / (n_devices * peak)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_flops_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `jaxscale flops` on an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "flops",
+        help="price a model under every FLOP convention (and XLA's count)",
+        description="Itemised FLOPs per token, per-convention totals, ratio to 6ND, and "
+        "optionally the compiled train step's XLA count.",
+    )
+    p.add_argument("--config", default=None, help="run config YAML/JSON (default: built-in)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. model.d_model=256 (repeatable)",
+    )
+    p.add_argument("--width", type=int, default=None, help="d_model (heads of 64, d_ff 4x)")
+    p.add_argument("--depth", type=int, default=None, help="n_layers (with --width)")
+    p.add_argument("--tokens", type=float, default=None, help="training tokens D (default: run's)")
+    p.add_argument("--seq-len", type=int, default=None, help="sequence length (default: context)")
+    p.add_argument(
+        "--convention", default="exact", help=f"itemised convention: {', '.join(CONVENTIONS)}"
+    )
+    p.add_argument("--xla", action="store_true", help="compile the real train step and compare")
+    p.set_defaults(func=run_flops_cli)
+    return p
+
+
+def _model_from_args(run: RunConfig, width: int | None, depth: int | None) -> RunConfig:
+    if width is None and depth is None:
+        return run
+    m = run.model
+    keep = {
+        k: getattr(m, k)
+        for k in (
+            "vocab_size",
+            "context_length",
+            "activation",
+            "norm",
+            "position",
+            "tie_embeddings",
+            "param_dtype",
+            "compute_dtype",
+            "scan_layers",
+            "remat",
+            "rope_base",
+            "init_std",
+            "vocab_multiple",
+        )
+    }
+    new = ModelConfig.from_width_depth(width or m.d_model, depth or m.n_layers, **keep)
+    return run.replace(
+        **{f"model.{k}": getattr(new, k) for k in ("d_model", "n_layers", "n_heads", "d_ff")}
+    )
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}" if abs(x) < 1e4 else f"{x:.4e}"
+
+
+def format_report(
+    run: RunConfig,
+    convention: str = "exact",
+    tokens: float | None = None,
+    seq_len: int | None = None,
+) -> str:
+    """The text `jaxscale flops` prints (without the XLA section)."""
+    cfg = run.model
+    T = _seq(cfg, seq_len)
+    D = float(run.total_tokens if tokens is None else tokens)
+    items = itemise(cfg, convention, T)
+    fwd = math.fsum(f for _, f in items)
+    N = cfg.n_params_nonembedding
+    out = [
+        f"model: d_model={cfg.d_model} n_layers={cfg.n_layers} n_heads={cfg.n_heads} "
+        f"head_dim={cfg.head_dim} d_ff={cfg.d_ff} vocab={cfg.padded_vocab} T={T} "
+        f"{cfg.activation} {cfg.norm} {cfg.position} tied={cfg.tie_embeddings}",
+        f"params: total {cfg.n_params:,}  non-embedding N {N:,}  "
+        f"embedding {cfg.n_params_embedding:,}",
+        "",
+        f"{convention}: forward FLOPs per token — {_DESCRIPTIONS[convention]}",
+    ]
+    w = max(len(n) for n, _ in items)
+    for name, f in items:
+        out.append(f"  {name:<{w}}  {_fmt(f):>12}  {100 * f / fwd:5.1f}%")
+    out.append(f"  {'forward total':<{w}}  {_fmt(fwd):>12}")
+    out.append(f"  {'train (x3) per token':<{w}}  {_fmt(3 * fwd):>12}")
+    out += ["", f"training FLOPs for D = {D:.4g} tokens (6ND = {6 * N * D:.4e}):"]
+    out.append(f"  {'convention':<20} {'per token':>12} {'C = per token x D':>18} {'/ 6ND':>8}")
+    for c, f in all_flops_per_token(cfg, T).items():
+        out.append(f"  {c:<20} {_fmt(f):>12} {f * D:>18.4e} {f / (6 * N):>8.4f}")
+    return "\n".join(out)
+
+
+def run_flops_cli(args: argparse.Namespace) -> int:
+    """Entry point for `jaxscale flops`; returns the process exit code."""
+    from jaxscale.config import load_config
+
+    if args.convention not in CONVENTIONS:
+        raise convention_error(args.convention)
+    run = _model_from_args(load_config(args.config, args.overrides), args.width, args.depth)
+    print(format_report(run, args.convention, args.tokens, args.seq_len))
+    if args.xla:
+        xla, src = xla_train_step_flops(run)
+        exact = step_flops(run, "exact")
+        print(
+            f"\nXLA cost_analysis of one train step ({src}; {run.train.batch_size} x "
+            f"{run.model.context_length} tokens, layers unrolled, one microbatch):\n"
+            f"  XLA {xla:.4e}   exact+AdamW {exact:.4e}   XLA/exact {xla / exact:.4f}"
+        )
+        for c in CONVENTIONS:
+            a = flops_per_token(run.model, c) * run.tokens_per_step
+            print(f"  XLA / {c:<20} {xla / a:.4f}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone `python -m jaxscale.flops ...` (same flags as `jaxscale flops`)."""
+    parser = argparse.ArgumentParser(prog="jaxscale")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    add_flops_parser(sub)
+    import sys
+
+    args = parser.parse_args(["flops", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
