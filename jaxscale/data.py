@@ -377,6 +377,16 @@ def _is_text(data: bytes) -> bool:
     return True
 
 
+def _drop_partial_char(data: bytes) -> bytes:
+    """Drop an incomplete UTF-8 sequence at the end of a truncated read."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.reason == "unexpected end of data":
+            return data[: e.start]
+    return data
+
+
 def _read_files(
     files: Mapping[str, str], max_bytes: int | None, stats: dict[str, Any]
 ) -> tuple[list[str], list[bytes]]:
@@ -394,9 +404,10 @@ def _read_files(
             continue
         with open(files[rel], "rb") as f:
             data = f.read() if size <= budget else f.read(int(budget))
-        if len(data) < size:  # cut at a line end so the last document stays valid UTF-8
+        truncated = len(data) < size
+        if truncated:  # the cap ends this read: cut at a line end, else a character boundary
             cut = data.rfind(b"\n")
-            data = data[: cut + 1] if cut >= 0 else data
+            data = data[: cut + 1] if cut >= 0 else _drop_partial_char(data)
         if not data:
             n_empty += 1
             continue
@@ -405,7 +416,7 @@ def _read_files(
             continue
         names.append(rel)
         datas.append(data)
-        budget -= len(data)
+        budget = 0 if truncated else budget - len(data)
     stats.update(
         n_files_seen=len(files),
         n_files_used=len(names),

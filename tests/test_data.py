@@ -378,3 +378,14 @@ def test_bpe_corpus_and_eval_sets_share_the_trained_tokenizer():
     prose = data.eval_corpus("prose", cfg, max_bytes=20_000)
     assert prose.tokenizer == c.tokenizer and prose.tokens.max() < 320
     assert "capped by data.max_bytes" in c.describe()
+
+
+def test_byte_cap_cuts_a_long_line_at_a_character_boundary(tmp_path):
+    (tmp_path / "d").mkdir()
+    for i in range(4):
+        (tmp_path / "d" / f"{i}.txt").write_text("€" * 1000)  # 3000 bytes, no newline
+    c = data.load_corpus(DataConfig(corpus=str(tmp_path / "d"), max_bytes=7001))
+    # Two whole files, then the third is cut to a whole number of characters; nothing after.
+    assert c.meta["n_bytes"] == 6000 + 999 and c.n_docs_train + c.n_docs_val == 3
+    text = np.asarray(np.concatenate([c.train, c.val]))
+    assert text[text < 256].astype(np.uint8).tobytes().decode("utf-8") == "€" * 2333
