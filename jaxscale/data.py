@@ -626,10 +626,12 @@ def _ensure_both(u_D: np.ndarray, is_val_D: np.ndarray, what: str) -> np.ndarray
     return is_val_D
 
 
-def split_documents(names: Sequence[str], seed: int, val_fraction: float) -> np.ndarray:
+def split_documents(
+    names: Sequence[str], seed: int, val_fraction: float, what: str = "corpus"
+) -> np.ndarray:
     """Boolean is-validation per document from hash(seed, name); both splits non-empty."""
     u_D = np.array([_unit_hash(seed, n) for n in names], dtype=np.float64)
-    return _ensure_both(u_D, u_D < val_fraction, f"corpus of {len(names)} documents")
+    return _ensure_both(u_D, u_D < val_fraction, f"corpus {what!r}")
 
 
 def _join(chunks: Sequence[np.ndarray], eod: int, dtype: np.dtype) -> np.ndarray:
@@ -672,11 +674,7 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     docs = _read_documents(cfg.corpus, cfg.max_bytes)
     _split_single(docs, cfg.val_fraction)
     src_fp = docs.fingerprint()
-    is_val_D = _ensure_both(
-        np.array([_unit_hash(cfg.split_seed, n) for n in docs.names]),
-        np.array([_unit_hash(cfg.split_seed, n) < cfg.val_fraction for n in docs.names]),
-        f"corpus {cfg.corpus!r}",
-    )
+    is_val_D = split_documents(docs.names, cfg.split_seed, cfg.val_fraction, cfg.corpus)
     train_idx = np.flatnonzero(~is_val_D)
     val_idx = np.flatnonzero(is_val_D)
     split_key = hashlib.sha256(f"{src_fp}:{cfg.split_seed}:{cfg.val_fraction}".encode()).hexdigest()

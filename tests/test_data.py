@@ -389,3 +389,14 @@ def test_byte_cap_cuts_a_long_line_at_a_character_boundary(tmp_path):
     assert c.meta["n_bytes"] == 6000 + 999 and c.n_docs_train + c.n_docs_val == 3
     text = np.asarray(np.concatenate([c.train, c.val]))
     assert text[text < 256].astype(np.uint8).tobytes().decode("utf-8") == "€" * 2333
+
+
+def test_split_documents_fraction_and_non_empty_splits():
+    names = [f"pkg/mod{i}.py" for i in range(2000)]
+    is_val = data.split_documents(names, seed=0, val_fraction=0.1)
+    assert abs(int(is_val.sum()) - 200) < 40  # binomial sd ~13.4
+    assert np.array_equal(is_val, data.split_documents(names, seed=0, val_fraction=0.1))
+    assert not np.array_equal(is_val, data.split_documents(names, seed=1, val_fraction=0.1))
+    assert data.split_documents(["a", "b"], seed=0, val_fraction=0.01).tolist().count(True) == 1
+    with pytest.raises(ValueError, match="needs at least 2"):
+        data.split_documents(["only"], seed=0, val_fraction=0.1)
