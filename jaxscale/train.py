@@ -117,7 +117,7 @@ def build_step(cfg: RunConfig, graphdef, abstract, tx: optax.GradientTransformat
             (grads, loss, small_sq), _ = jax.lax.scan(body, init, batch_AxBxL1)
             grads = jax.tree.map(lambda g: g / A, grads)
             loss, small_sq = loss / A, small_sq / A
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt = tx.update(grads, state["opt"], params)
         lr = state["lr"] * sched(state["step"])
         params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), params, updates)
@@ -321,7 +321,7 @@ def train(
             f"ModelConfig.vocab_size={mc.vocab_size} is smaller than the tokenizer's "
             f"{corpus.vocab_size}; set model.vocab_size={corpus.vocab_size}"
         )
-    data_lib.warn_if_repeating(corpus, cfg.total_tokens)
+    data_lib.warn_if_repeated(corpus, cfg.total_tokens)
     s = setup(cfg, mesh)
     is_main = jax.process_index() == 0
     if is_main:

@@ -1,0 +1,49 @@
+"""Sharded equals unsharded on 8 simulated CPU devices; mesh errors are readable."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+from jaxscale import sharding as shd
+from jaxscale.config import ConfigError
+
+
+def test_sharded_step_matches_single_device():
+    specs = ["data=8,fsdp=1,tensor=1", "data=2,fsdp=2,tensor=2", "data=1,fsdp=2,tensor=4"]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    script = Path(__file__).with_name("_sharded_step.py")
+    out = subprocess.run(
+        [sys.executable, str(script), *specs], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    for spec in specs:
+        r = res[spec]
+        assert r["loss_diff"] < 1e-5, (spec, r)
+        assert r["grad_diff"] < 1e-5 * max(1.0, r["grad_max"]), (spec, r)
+        assert r["param_diff"] < 1e-5, (spec, r)
+
+
+def test_logical_rules_skip_used_mesh_axes():
+    spec = shd.logical_to_spec(("batch", "length", "embed"))
+    assert spec == jax.sharding.PartitionSpec(("data", "fsdp"), None, None)
+    assert shd.logical_to_spec(("embed", "mlp")) == jax.sharding.PartitionSpec("fsdp", "tensor")
+
+
+@pytest.mark.parametrize(
+    "spec,msg",
+    [
+        ("data=3,fsdp=1,tensor=1", "needs 3 devices"),
+        ("data=2,fsdp=-1,tensor=-1", "at most one axis"),
+        ("dat=1", "bad entry"),
+        ("data=x", "not an integer"),
+    ],
+)
+def test_bad_mesh_specs(spec, msg):
+    with pytest.raises(ConfigError, match=msg):
+        shd.make_mesh(spec)
