@@ -161,11 +161,6 @@ def test_xla_flops_is_global_under_a_mesh():
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
         import jax
         from jaxscale import flops
-        from jaxscale.config import ModelConfig, RunConfig, TrainConfig
-        run = RunConfig(model=ModelConfig(d_model=64, n_layers=2, n_heads=2, d_ff=256,
-                        context_length=32, scan_layers=False), train=TrainConfig(batch_size=8))
-        one = flops.reference_lowered(run).compile()
-        f1 = flops.xla_flops(one)
         mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
         from jax.sharding import NamedSharding, PartitionSpec as P
         import jax.numpy as jnp
@@ -173,7 +168,7 @@ def test_xla_flops_is_global_under_a_mesh():
         f = jax.jit(lambda a: jnp.tanh(a @ a.T), in_shardings=NamedSharding(mesh, P("data")))
         c8 = f.lower(x).compile()
         c1 = jax.jit(lambda a: jnp.tanh(a @ a.T)).lower(x).compile()
-        print(flops.xla_flops(c8, per_device=True), flops.xla_flops(c8), flops.xla_flops(c1), f1)
+        print(flops.xla_flops(c8, per_device=True), flops.xla_flops(c8), flops.xla_flops(c1))
         """
     )
     out = subprocess.run(
@@ -184,10 +179,9 @@ def test_xla_flops_is_global_under_a_mesh():
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    per_dev, glob, single, f1 = map(float, out.stdout.split())
+    per_dev, glob, single = map(float, out.stdout.split())
     assert per_dev == pytest.approx(single / 8, rel=0.05)
     assert glob == pytest.approx(single, rel=0.05)
-    assert f1 > 0
 
 
 def test_peak_table_lookup():
