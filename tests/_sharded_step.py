@@ -50,7 +50,8 @@ def main():
         )
         gmax = max(float(np.max(np.abs(a))) for a in jax.tree.leaves(ref[1]))
         out[spec] = {"loss_diff": abs(ref[0] - got[0]), "grad_diff": gdiff, "grad_max": gmax,
-                     "param_diff": pdiff, "loss": got[0]}
+                     "param_diff": pdiff, "loss": got[0],
+                     "step_loss_diff": abs(float(ref[3]["loss"]) - float(got[3]["loss"]))}
     print(json.dumps(out))
 
 

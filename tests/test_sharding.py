@@ -26,7 +26,9 @@ def test_sharded_step_matches_single_device():
         r = res[spec]
         assert r["loss_diff"] < 1e-5, (spec, r)
         assert r["grad_diff"] < 1e-5 * max(1.0, r["grad_max"]), (spec, r)
-        assert r["param_diff"] < 1e-5, (spec, r)
+        # Params after one AdamW step are not compared tightly: Adam's first step is
+        # g/(|g|+eps), which amplifies 1e-8 summation-order differences in tiny gradients.
+        assert r["step_loss_diff"] < 1e-5, (spec, r)
 
 
 def test_logical_rules_skip_used_mesh_axes():
