@@ -73,6 +73,7 @@ class Setup:
     abstract: Any
     state_shardings: Any
     batch_sharding: jax.sharding.NamedSharding
+    eval_sharding: jax.sharding.NamedSharding
     init_fn: Callable[[], State]
     step_fn: Callable[[State, jax.Array], tuple[State, dict]]
     eval_fn: Callable[[dict, jax.Array], dict]
@@ -198,6 +199,7 @@ def setup(cfg: RunConfig, mesh: jax.sharding.Mesh | None = None) -> Setup:
         abstract=abstract,
         state_shardings=state_sh,
         batch_sharding=batch_sh,
+        eval_sharding=eval_in,
         init_fn=jax.jit(init, out_shardings=state_sh),
         step_fn=jax.jit(
             step,
@@ -345,11 +347,17 @@ def _train_loop(cfg, s: Setup, run_dir: Path, corpus, progress: bool, is_main: b
     if is_main:
         store.truncate_jsonl_after(metrics_path, start)
     fpt = flops_lib.flops_per_token(mc, "kaplan_attn")
+    # MFU counts what the model needs, PaLM-style (full attention, no remat recompute).
+    fpt_mfu = flops_lib.flops_per_token(mc, "exact")
     peak, _ = flops_lib.device_peak_flops(mc.compute_dtype)
     n_dev = jax.device_count()
     val = data_lib.eval_batches(
         corpus.val, batch_size=tc.batch_size, seq_len=mc.context_length, n_batches=tc.eval_batches
     )
+    # Every process holds the full eval set, so a callback places each shard (multi-host safe).
+    val_dev = [
+        jax.make_array_from_callback(v.shape, s.eval_sharding, lambda idx, v=v: v[idx]) for v in val
+    ]
     pi, pc = jax.process_index(), jax.process_count()
     batches = data_lib.Prefetcher(
         corpus.train,
@@ -384,7 +392,7 @@ def _train_loop(cfg, s: Setup, run_dir: Path, corpus, progress: bool, is_main: b
                 "lr": float(m["lr"]),
                 "grad_norm": float(m["grad_norm"]),
                 "tokens_per_s": tps,
-                "mfu": tps * fpt / (peak * n_dev) if peak else math.nan,
+                "mfu": tps * fpt_mfu / (peak * n_dev) if peak else math.nan,
                 "time": time.time(),
             }
             if gns is not None:
@@ -399,7 +407,7 @@ def _train_loop(cfg, s: Setup, run_dir: Path, corpus, progress: bool, is_main: b
         return True
 
     def evaluate(step_no: int) -> float:
-        outs = [s.eval_fn(state["params"], jnp.asarray(v)) for v in val]
+        outs = [s.eval_fn(state["params"], v) for v in val_dev]
         losses = jax.device_get(outs)
         value = float(np.mean([o["loss"] for o in losses]))
         by_pos = np.mean([o["loss_by_pos"] for o in losses], axis=0)
@@ -469,7 +477,7 @@ def _train_loop(cfg, s: Setup, run_dir: Path, corpus, progress: bool, is_main: b
         "tokens_per_s": (tokens - start * cfg.tokens_per_step) / max(wall, 1e-9),
         "peak_flops_per_device": peak,
     }
-    summary["mfu"] = summary["tokens_per_s"] * fpt / (peak * n_dev) if peak else math.nan
+    summary["mfu"] = summary["tokens_per_s"] * fpt_mfu / (peak * n_dev) if peak else math.nan
     if status == "diverged":
         summary["error"] = f"non-finite training loss at step {step_no}"
     if is_main:
