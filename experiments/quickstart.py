@@ -1,0 +1,63 @@
+"""Quickstart: an isoFLOP study (Hoffmann et al. 2022, approach 2) on byte-level stdlib source.
+
+    jaxscale sweep run experiments/quickstart.py            # ~5 min on a 2-core CPU
+    jaxscale frontier results/quickstart                    # envelope, N_opt(C), plots
+
+3 compute budgets (kaplan_attn FLOPs) × 4 model sizes (25k–0.8M non-embedding params, context
+128, batch 8); each run trains for the tokens that spend its budget exactly (up to step
+rounding, under 2%). The `tiny` setting (2 budgets × 3 sizes, context 64) finishes in well
+under a minute and is what the test suite runs:
+
+    jaxscale sweep run experiments/quickstart.py --setting tiny   # -> results/quickstart-tiny
+"""
+
+from __future__ import annotations
+
+from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from jaxscale.sweep import isoflop_runs
+
+NAME = "quickstart"
+DESCRIPTION = "isoFLOP profiles of small byte-level transformers on Python stdlib source"
+SETTINGS = ("default", "tiny")
+CONVENTION = "kaplan_attn"
+
+# Each profile is centred on where its optimum is expected (Hoffmann 2022 chose sizes per
+# budget too): a sweep of 0.5–1.5 decades in N around it, so both sides of the valley show.
+BUDGETS = {
+    3e10: [(32, 1), (32, 2), (48, 2), (64, 2)],
+    1e11: [(32, 2), (48, 2), (64, 2), (96, 3)],
+    3e11: [(48, 2), (64, 2), (96, 3), (128, 4)],
+}
+TINY_BUDGETS = {
+    1e9: [(16, 1), (32, 1), (32, 2)],
+    3e9: [(16, 1), (32, 1), (32, 2)],
+}
+
+
+def runs(setting: str = "default") -> list[RunConfig]:
+    """The study's runs for `setting` ('default' or 'tiny')."""
+    tiny = setting == "tiny"
+    base = RunConfig(
+        model=ModelConfig(context_length=64 if tiny else 128, vocab_size=257),
+        data=DataConfig(corpus="stdlib", tokenizer="byte", max_bytes=8_000_000),
+        train=TrainConfig(
+            batch_size=4 if tiny else 8,
+            lr=3e-3 if tiny else 2e-3,
+            warmup_steps=10,
+            eval_batches=4 if tiny else 8,
+            checkpoint_every=100 if tiny else 200,
+            keep_checkpoints=1,
+        ),
+        name=NAME,
+    )
+    budgets = TINY_BUDGETS if tiny else BUDGETS
+    return isoflop_runs(
+        base,
+        list(budgets),
+        budgets,
+        convention=CONVENTION,
+        head_dim=16,
+        min_steps=20,
+        evals=4,
+        prefix=NAME,
+    )
