@@ -145,7 +145,11 @@ def lock_info(run_dir: str | Path) -> dict | None:
     """Contents of a run's lock file (pid, host, token, started, heartbeat), or None."""
     p = Path(run_dir) / LOCK_NAME
     try:
-        return json.loads(p.read_text())
+        info = json.loads(p.read_text())
+        # The heartbeat thread touches the file's mtime (never rewrites it, so it cannot
+        # clobber a lock another worker took over); the later of the two stamps counts.
+        info["heartbeat"] = max(_num(info.get("heartbeat")), p.stat().st_mtime)
+        return info
     except FileNotFoundError:
         return None
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
@@ -155,6 +159,10 @@ def lock_info(run_dir: str | Path) -> dict | None:
             return {"pid": None, "host": None, "token": None, "heartbeat": p.stat().st_mtime}
         except FileNotFoundError:
             return None
+
+
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0.0
 
 
 def lock_is_stale(info: dict, timeout: float, *, now: float | None = None) -> bool:
@@ -236,8 +244,11 @@ class RunLock:
         if info is None or info.get("token") != self.token:
             self.lost = True
             return
-        self._info["heartbeat"] = time.time()
-        write_json_atomic(self.path, self._info)
+        now = time.time()
+        try:
+            os.utime(self.path, (now, now))
+        except FileNotFoundError:
+            self.lost = True
 
     def release(self) -> None:
         """Stop the heartbeat and delete the lock file if it is still ours."""
