@@ -262,8 +262,11 @@ def _checkpoint_manager(run_dir: Path, tc: TrainConfig):
     return ocp.CheckpointManager(run_dir / "checkpoints", options=opts)
 
 
-def _restore_latest(mngr, abstract_state: State) -> tuple[State | None, int]:
-    """Restore the newest readable checkpoint; unreadable ones are skipped with a warning."""
+def _restore_latest(
+    mngr, abstract_state: State, quarantine: Path | None = None
+) -> tuple[State | None, int]:
+    """Restore the newest readable checkpoint; unreadable ones are skipped with a warning and,
+    given a quarantine dir, moved there so a later save of the same step cannot collide."""
     import orbax.checkpoint as ocp
 
     for step in sorted(mngr.all_steps(), reverse=True):
@@ -273,11 +276,14 @@ def _restore_latest(mngr, abstract_state: State) -> tuple[State | None, int]:
             )
             return out["state"], step
         except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
-            warnings.warn(
-                f"checkpoint at step {step} is unreadable ({type(e).__name__}: {e}); "
-                "trying an older one",
-                stacklevel=2,
-            )
+            msg = f"checkpoint at step {step} is unreadable ({type(e).__name__}: {e})"
+            if quarantine is not None and jax.process_index() == 0:
+                quarantine.mkdir(parents=True, exist_ok=True)
+                dest = quarantine / f"{step}-{int(time.time())}"
+                (Path(mngr.directory) / str(step)).rename(dest)
+                msg += f"; moved to {dest}"
+                mngr.reload()
+            warnings.warn(msg + "; trying an older one", stacklevel=2)
     return None, 0
 
 
@@ -340,12 +346,13 @@ def _train_loop(cfg, s: Setup, run_dir: Path, corpus, progress: bool, is_main: b
         jax.eval_shape(s.init_fn),
         s.state_shardings,
     )
-    state, start = _restore_latest(mngr, abstract_state)
+    state, start = _restore_latest(mngr, abstract_state, run_dir / "corrupt_checkpoints")
     if state is None:
         state, start = s.init_fn(), 0
     metrics_path = run_dir / "metrics.jsonl"
     if is_main:
         store.truncate_jsonl_after(metrics_path, start)
+    done_rows = store.read_jsonl(metrics_path) if start else []
     fpt = flops_lib.flops_per_token(mc, "kaplan_attn")
     # MFU counts what the model needs, PaLM-style (full attention, no remat recompute).
     fpt_mfu = flops_lib.flops_per_token(mc, "exact")
@@ -374,6 +381,10 @@ def _train_loop(cfg, s: Setup, run_dir: Path, corpus, progress: bool, is_main: b
     rows: list[dict] = []
     pending: list[tuple[int, dict]] = []
     status, last_loss, last_eval = "running", math.nan, math.nan
+    # A resumed run carries its latest logged losses, so a run resumed at its end reports them.
+    for r in done_rows:
+        last_loss = r.get("loss", last_loss)
+        last_eval = r.get("eval_loss", last_eval)
     t_last, tok_last = time.perf_counter(), start * cfg.tokens_per_step
     t0 = time.perf_counter()
     tps = math.nan
@@ -425,7 +436,7 @@ def _train_loop(cfg, s: Setup, run_dir: Path, corpus, progress: bool, is_main: b
         rows.clear()
 
     preempted = False
-    with _Preemption() as pre, contextlib.closing(batches):
+    with _Preemption() as pre, contextlib.closing(batches), _finishing(mngr):
         for step_no in range(start + 1, tc.steps + 1):
             batch = _device_batch(s, next(batches))
             state, m = s.step_fn(state, batch)
@@ -455,8 +466,6 @@ def _train_loop(cfg, s: Setup, run_dir: Path, corpus, progress: bool, is_main: b
                 bar.set_postfix(loss=f"{last_loss:.3f}", eval=f"{last_eval:.3f}", refresh=False)
         else:
             drain(keep=0)
-    mngr.wait_until_finished()
-    mngr.close()
     flush()
     if bar is not None:
         bar.close()
@@ -483,6 +492,16 @@ def _train_loop(cfg, s: Setup, run_dir: Path, corpus, progress: bool, is_main: b
     if is_main:
         store.write_json_atomic(run_dir / "summary.json", summary)
     return summary
+
+
+@contextlib.contextmanager
+def _finishing(mngr):
+    """Wait for in-flight async saves even when training raises (e.g. disk full)."""
+    try:
+        yield mngr
+    finally:
+        mngr.wait_until_finished()
+        mngr.close()
 
 
 def _ckpt_args(state: State, step_no: int):
