@@ -336,6 +336,13 @@ def plot(fr: Frontier, out: Path) -> list[Path]:
     xlabel = f"training compute C [FLOPs, {fr.convention}]"
 
     def done(fig, name: str) -> None:
+        for a in fig.axes[:2] if name == "optima" else fig.axes[:1]:
+            for axis in (a.xaxis, a.yaxis):
+                if axis.get_scale() == "log":
+                    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            if a.get_yscale() == "log" and name == "loss_vs_compute":
+                a.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+                a.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
         for ext in ("png", "svg"):
             p = out / f"{name}.{ext}"
             fig.savefig(p, dpi=130, bbox_inches="tight")
