@@ -42,9 +42,9 @@ def model_for(base: ModelConfig, width: int, depth: int, **kw: Any) -> ModelConf
     for k in ("d_model", "n_layers", "n_heads", "d_ff"):
         keep.pop(k)
     head_dim = kw.pop("head_dim", base.head_dim)
-    ffn_ratio = kw.pop("ffn_ratio", base.d_ff / base.d_model)
-    if base.activation == "swiglu" and "ffn_ratio" not in kw:
-        ffn_ratio = 4.0
+    # SwiGLU's d_ff is already 2/3-scaled by from_width_depth, so its default ratio is 4.
+    default_ratio = 4.0 if base.activation == "swiglu" else base.d_ff / base.d_model
+    ffn_ratio = kw.pop("ffn_ratio", default_ratio)
     keep.update(kw)
     return ModelConfig.from_width_depth(
         width, depth, head_dim=head_dim, ffn_ratio=ffn_ratio, **keep
@@ -728,10 +728,16 @@ def add_sweep_parser(subparsers: Any) -> None:
         )
         if name == "run":
             q.add_argument(
-                "--task-index", type=int, default=0, help="this worker's slice (0-based)"
+                "--task-index",
+                type=int,
+                default=0,
+                help="this worker's slice, 0-based (Slurm: $SLURM_ARRAY_TASK_ID)",
             )
             q.add_argument(
-                "--num-tasks", type=int, default=1, help="number of slices (e.g. array size)"
+                "--num-tasks",
+                type=int,
+                default=1,
+                help="number of slices (Slurm: $SLURM_ARRAY_TASK_COUNT; a pod: host count)",
             )
             q.add_argument("--retry-failed", action="store_true", help="rerun failed runs")
             q.add_argument("--no-progress", action="store_true", help="no progress bar")
