@@ -378,5 +378,6 @@ def test_model_for_keeps_base_fields():
     base = ModelConfig(context_length=96, activation="swiglu", norm="layernorm", vocab_size=300)
     m = sweep.model_for(base, 128, 3, head_dim=32)
     assert (m.d_model, m.n_layers, m.n_heads) == (128, 3, 4)
-    assert (m.context_length, m.activation, m.norm, m.vocab_size) == (96, "swiglu", "layernorm", 300)
+    kept = (m.context_length, m.activation, m.norm, m.vocab_size)
+    assert kept == (96, "swiglu", "layernorm", 300)
     assert m.d_ff == ModelConfig.from_width_depth(128, 3, head_dim=32, activation="swiglu").d_ff
