@@ -17,6 +17,7 @@ import dataclasses
 import importlib.util
 import math
 import os
+import re
 import sys
 import time
 import traceback
@@ -102,6 +103,9 @@ class IsoFlopRun:
     def rel_error(self) -> float:
         """(spent - budget) / budget, from rounding the token count to whole steps."""
         return self.flops / self.budget - 1.0
+
+
+_BUDGET_TAG = re.compile(r"C(\d\.\d+e[+-]\d+)")
 
 
 def budget_tag(budget: float) -> str:
@@ -664,6 +668,8 @@ def status_table(
             age = f"{time.time() - hb:.0f}s" if isinstance(hb, (int, float)) else "?"
             note = f"{lk.get('host')}:{lk.get('pid')} heartbeat {age} ago"
         loss = s.get("loss")
+        C = planned_flops(cfg, convention)
+        tag = _BUDGET_TAG.search(cfg.name)
         rows.append(
             {
                 "run_id": cfg.run_id(),
@@ -671,7 +677,8 @@ def status_table(
                 "N": cfg.model.n_params_nonembedding,
                 "tokens": cfg.total_tokens,
                 "steps": cfg.train.steps,
-                f"C_{convention}": planned_flops(cfg, convention),
+                f"C_{convention}": C,
+                "vs_budget": f"{C / float(tag.group(1)) - 1:+.2%}" if tag else "",
                 "state": st["state"],
                 "loss": loss if isinstance(loss, (int, float)) else math.nan,
                 "note": note,
