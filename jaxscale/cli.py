@@ -130,6 +130,33 @@ def _cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0 if s["status"] in ("done", "preempted") else 3
 
 
+def _cmd_study(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from jaxscale import report, sweep
+
+    study = sweep.load_study(args.study)
+    runs = study.runs(args.setting)
+    conv = args.convention or study.convention
+    results = args.results or str(study.default_results(args.setting))
+    print(f"jaxscale study {study.name} [{args.setting}]: {len(runs)} runs -> {results}")
+    rep = sweep.run_sweep(runs, results, progress=not args.no_progress, convention=conv)
+    print(
+        f"sweep: {rep.done} done, {rep.diverged} diverged, {rep.failed} failed of {rep.total}; "
+        f"C spent {rep.flops_spent:.3g} of {rep.flops_planned:.3g} FLOPs ({conv})"
+    )
+    if rep.preempted:
+        print("preempted: run the same command again to continue")
+        return rep.exit_code
+    if args.no_report:
+        return rep.exit_code
+    path, lines = report.build_report(
+        results, convention=conv, fit_draws=args.fit_draws, fit_warmup=args.fit_draws
+    )
+    for line in lines:
+        print("  " + line)
+    print(f"report: {path}")
+    return rep.exit_code
+
+
 def summary_paragraph(s: dict, run_dir: str) -> str:
     """One readable paragraph about a finished run."""
     f = s.get("flops", {}).get("kaplan_attn", float("nan"))
@@ -178,6 +205,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="run directory (default runs/<run_id>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train, takes_extra=True)
+    q = sub.add_parser(
+        "study",
+        help="run a study end to end: sweep -> frontier -> Bayesian fit -> HTML report",
+        description="Run every pending run of a study file (resumable, idempotent), then "
+        "write <results>/report/report.html with the frontier, the fit and extrapolations.",
+    )
+    q.add_argument("study", help="study file, e.g. experiments/quickstart.py")
+    q.add_argument("--setting", default="default", help="study setting, e.g. tiny")
+    q.add_argument("--results", help="results directory (default results/<study>)")
+    q.add_argument("--convention", help="FLOP convention for C (default: the study's)")
+    q.add_argument("--fit-draws", type=int, default=500, help="NUTS warmup and draws per chain")
+    q.add_argument("--no-report", action="store_true", help="only run the sweep")
+    q.add_argument("--no-progress", action="store_true", help="no progress bars")
+    q.set_defaults(func=_cmd_study)
     for mod, add, run in _PLUGINS:
         try:
             m = importlib.import_module(mod)
