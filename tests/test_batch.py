@@ -1,0 +1,268 @@
+"""Critical batch: B_simple on a problem with known gradient statistics, hyperbola recovery, CLI.
+
+Runtime ~40 s on 2 cores (three small NUTS fits and one 4-device subprocess).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxscale import batch, store
+from jaxscale.config import ModelConfig, RunConfig, TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Linear regression y = x.w* + eps, x ~ N(0, I_d), eps ~ N(0, s^2), loss 1/2 (x.w - y)^2.
+# At w = w* + delta the per-example gradient is g = x (x.delta - eps), so (Isserlis)
+# G = E g = delta and Sigma = (|delta|^2 + s^2) I + delta delta^T:
+# |G|^2 = |delta|^2, tr(Sigma) = d (|delta|^2 + s^2) + |delta|^2 (McCandlish 2018 eq. 2.8).
+D, NOISE_SD = 20, 1.0
+
+
+def _closed_form(delta: np.ndarray) -> tuple[float, float]:
+    g2 = float(delta @ delta)
+    return g2, D * (g2 + NOISE_SD**2) + g2
+
+
+def _microbatch_grads(rng, delta, steps, A, b):
+    x = rng.standard_normal((steps, A, b, D))
+    eps = NOISE_SD * rng.standard_normal((steps, A, b))
+    r = x @ delta - eps
+    return (x * r[..., None]).mean(2)  # [steps, A, D]: mean gradient of each microbatch
+
+
+def test_linear_regression_closed_form_b_simple_unsharded():
+    rng = np.random.default_rng(0)
+    delta = rng.standard_normal(D)
+    delta /= np.linalg.norm(delta)
+    g2_true, tr_true = _closed_form(delta)
+    b_true = tr_true / g2_true  # 41 for d=20, |delta|=1, s=1
+    A, b, steps = 4, 16, 4000
+    g_SxAxD = _microbatch_grads(rng, delta, steps, A, b)
+    small = (g_SxAxD**2).sum(-1).mean(1)  # mean over microbatches of |G_small|^2, pre-averaging
+    big = (g_SxAxD.mean(1) ** 2).sum(-1)  # |G_big|^2 of the averaged (full-batch) gradient
+    terms = np.array([batch.noise_scale_terms(s, g, b, A * b) for s, g in zip(small, big)])
+    # Unbiased per step: their means match the closed forms within 4 standard errors.
+    for k, truth in ((0, g2_true), (1, tr_true)):
+        se = terms[:, k].std() / math.sqrt(steps)
+        assert abs(terms[:, k].mean() - truth) < 4 * se, (k, terms[:, k].mean(), truth, se)
+    ema = batch.NoiseScaleEMA(b, A * b, decay=0.999)
+    for s, g in zip(small, big):
+        ema.update(s, g)
+    # Stated tolerance: 10% (the EMA spans ~1000 steps; its ratio's sd is ~3% here).
+    assert abs(ema.b_simple / b_true - 1) < 0.10, (ema.b_simple, b_true)
+    # The naive ratio of biased norms, tr/|G_big|^2 without the correction, is far off.
+    assert abs(tr_true / big.mean() / b_true - 1) > 0.3
+
+
+SHARDED = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    D, A, b, steps = 20, 4, 16, 2000
+    rng = np.random.default_rng(1)
+    delta = rng.standard_normal(D); delta /= np.linalg.norm(delta)
+    x = rng.standard_normal((steps, A, b, D)).astype(np.float32)
+    y = (x @ np.zeros(D) - rng.standard_normal((steps, A, b))).astype(np.float32)  # w* = 0
+    mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    sh = NamedSharding(mesh, P(None, None, "data"))  # each microbatch split over 4 devices
+    xs, ys = jax.device_put(x, sh), jax.device_put(y, sh)
+    w = jnp.asarray(delta, jnp.float32)
+
+    def loss(w, xb, yb):
+        return 0.5 * jnp.mean((xb @ w - yb) ** 2)
+
+    def one_step(xa, ya):  # the train.build_step pattern: scan microbatches, sum, then average
+        def body(c, mb):
+            g_acc, sq = c
+            g = jax.grad(loss)(w, *mb)
+            return (g_acc + g, sq + jnp.sum(g * g)), None
+        (g, sq), _ = jax.lax.scan(body, (jnp.zeros(D), 0.0), (xa, ya))
+        g = g / A
+        return sq / A, jnp.sum(g * g)
+
+    small, big = jax.jit(jax.vmap(one_step))(xs, ys)
+    small, big = np.asarray(small, np.float64), np.asarray(big, np.float64)
+    g_ref = (x * (x @ delta - y)[..., None]).mean(2)
+    small_ref = (g_ref ** 2).sum(-1).mean(1)
+    big_ref = (g_ref.mean(1) ** 2).sum(-1)
+    print(json.dumps({"devices": len(xs.sharding.device_set), "small": small.tolist(),
+                      "big": big.tolist(), "small_ref": small_ref.tolist(),
+                      "big_ref": big_ref.tolist(), "delta": delta.tolist()}))
+    """
+)
+
+
+def test_linear_regression_closed_form_b_simple_sharded():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("XLA_FLAGS", None)
+    out = subprocess.run(
+        [sys.executable, "-c", SHARDED], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["devices"] == 4
+    for k in ("small", "big"):
+        np.testing.assert_allclose(r[k], r[k + "_ref"], rtol=2e-4)
+    g2_true, tr_true = _closed_form(np.asarray(r["delta"]))
+    ema = batch.NoiseScaleEMA(16, 64, decay=0.998)
+    for s, g in zip(r["small"], r["big"]):
+        ema.update(s, g)
+    assert abs(ema.b_simple / (tr_true / g2_true) - 1) < 0.12, ema.b_simple
+
+
+def test_noise_scale_terms_rejects_bad_batch_sizes():
+    with pytest.raises(ValueError, match="b_big > b_small"):
+        batch.noise_scale_terms(1.0, 0.5, 8, 8)
+
+
+def test_steps_to_reach_interpolates_in_log_steps():
+    s = np.array([10.0, 100.0])
+    y = np.array([3.0, 2.0])
+    # halfway in loss is halfway in ln(step): sqrt(10 * 100)
+    assert batch.steps_to_reach(s, y, 2.5) == pytest.approx(math.sqrt(1000))
+    assert math.isnan(batch.steps_to_reach(s, y, 1.5))  # never reached
+    assert math.isnan(batch.steps_to_reach(s, y, 3.5))  # below target from the start
+
+
+def test_hyperbola_fit_recovers_planted_s_min_e_min():
+    s_min, b_noise = 200.0, 30.0
+    B = np.array([4, 8, 16, 32, 64, 128, 256], float)
+    rng = np.random.default_rng(3)
+    S = s_min * (1 + b_noise / B) * np.exp(0.03 * rng.standard_normal(B.size))
+    res = batch.fit_hyperbola(B, S, chains=4, warmup=500, draws=500)  # 7 points: one compile
+    assert res.ok, res.problems
+    for name, truth in (("S_min", s_min), ("B_noise", b_noise)):
+        q5, q50, q95 = np.quantile(res.flat(name), [0.05, 0.5, 0.95])
+        assert q5 < truth < q95, (name, q5, q95)
+        assert abs(q50 / truth - 1) < 0.12, (name, q50)
+    e_min = res.flat("S_min") * res.flat("B_noise")
+    assert abs(np.median(e_min) / (s_min * b_noise) - 1) < 0.15
+
+
+# Planted learning curves: infinite-batch S_min(L) = 50 / (L - 1)^2 and B_noise(L) = B* L^-k
+# (sequences); a run at batch B reaches L at S(L) = S_min(L) (1 + B_noise(L)/B) (Kaplan 2020 §5.1).
+B_STAR, INV_ALPHA, CTX = 54.0, 3.0, 32
+
+
+def _planted_s(L, B):
+    return 50.0 / (L - 1.0) ** 2 * (1 + B_STAR * L**-INV_ALPHA / B)
+
+
+def _write_synthetic_runs(root: Path, batch_sizes=(2, 4, 8, 16, 32, 64, 128), l_end=1.42):
+    rng = np.random.default_rng(0)
+    L_grid = np.linspace(4.0, l_end, 4000)
+    for B in batch_sizes:
+        s_grid = _planted_s(L_grid, B)  # increasing as L falls
+        steps = int(math.ceil(s_grid[-1]))
+        step = np.arange(1, steps + 1)
+        L = np.interp(np.log(step), np.log(s_grid), L_grid)
+        L_obs = L + 0.01 * rng.standard_normal(step.size)
+        cfg = RunConfig(
+            model=ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, context_length=CTX),
+            train=TrainConfig(
+                batch_size=B,
+                steps=steps,
+                grad_accum=2,
+                gns=True,
+                warmup_steps=0,
+                schedule="constant",
+                eval_every=max(1, steps // 5),
+            ),
+            name=f"synthetic_B{B}",
+        )
+        rid = cfg.run_id()
+        d = root / rid
+        store.write_json_atomic(d / "config.json", {**cfg.to_dict(), "run_id": rid})
+        b_simple = B_STAR * L**-INV_ALPHA * np.exp(0.1 * rng.standard_normal(step.size))
+        rows = [
+            {
+                "step": int(s),
+                "tokens": int(s * B * CTX),
+                "loss": float(lo),
+                "gns_b_simple": float(bs),
+                "gns_b_simple_tokens": float(bs * CTX),
+            }
+            for s, lo, bs in zip(step, L_obs, b_simple)
+        ]
+        for r in [*rows[cfg.train.eval_every - 1 :: cfg.train.eval_every], rows[-1]]:
+            r["eval_loss"] = r["loss"] + 0.02
+        store.append_jsonl(d / "metrics.jsonl", rows)
+        store.write_json_atomic(
+            d / "summary.json",
+            {
+                "status": "done",
+                "steps": steps,
+                "tokens": steps * B * CTX,
+                "loss": rows[-1]["eval_loss"],
+                "train_loss": rows[-1]["loss"],
+            },
+        )
+
+
+def test_critical_batch_cli_on_planted_runs(tmp_path, capsys):
+    from jaxscale.cli import main
+
+    _write_synthetic_runs(tmp_path / "res")
+    targets = [1.5, 1.6, 1.75, 1.9]
+    out = tmp_path / "cb"
+    rc = main(
+        [
+            "critical-batch",
+            str(tmp_path / "res"),
+            "--targets",
+            ",".join(map(str, targets)),
+            "--chains",
+            "4",
+            "--warmup",
+            "500",
+            "--draws",
+            "500",
+            "--out",
+            str(out),
+        ]
+    )
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    for L in targets:
+        assert f"L={L:.4f} (7 runs): B_crit" in text
+    assert "B_crit(L) = B*/L^(1/alpha_B)" in text and "Kaplan 2020" in text
+    table = json.loads((out / "summary.json").read_text())
+    for row in table["targets"]:
+        truth = B_STAR * row["target"] ** -INV_ALPHA
+        assert row["B_crit_q5"] * 0.9 < truth < row["B_crit_q95"] * 1.1, row
+        assert abs(row["B_crit_q50"] / truth - 1) < 0.25, (row["B_crit_q50"], truth)
+        assert row["B_crit_tokens_q50"] == pytest.approx(row["B_crit_q50"] * CTX)
+    law = table["law"]
+    assert (
+        law["inv_alpha_B"]["q5"] < INV_ALPHA * 1.3 and law["inv_alpha_B"]["q95"] > INV_ALPHA / 1.3
+    )
+    assert abs(law["B_star_tokens"]["q50"] / (B_STAR * CTX) - 1) < 0.4
+    for stem in ("pareto", "b_crit", "b_simple"):
+        for ext in ("png", "svg"):
+            assert (out / f"{stem}.{ext}").stat().st_size > 1000
+
+
+def test_critical_batch_rejects_mixed_models(tmp_path):
+    _write_synthetic_runs(tmp_path / "res", batch_sizes=(4, 8))
+    cfg = RunConfig(
+        model=ModelConfig(d_model=64, n_layers=1, n_heads=2, d_ff=64, context_length=CTX),
+        train=TrainConfig(batch_size=16, steps=10, warmup_steps=0),
+    )
+    store.write_json_atomic(
+        tmp_path / "res" / cfg.run_id() / "config.json", {**cfg.to_dict(), "run_id": cfg.run_id()}
+    )
+    with pytest.raises(ValueError, match="fixed model.*model.d_model"):
+        batch.analyse(tmp_path / "res", targets=[2.0])
