@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from jaxscale import flops, store, sweep
-from jaxscale.config import ConfigError, ModelConfig, RunConfig, TrainConfig
+from jaxscale.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = RunConfig(
@@ -357,14 +357,13 @@ def test_two_runners_split_the_work_without_collision(tmp_path):
 
 def test_one_real_tiny_run(tmp_path):
     """The real train.train through the runner: summary, metrics and rerun-skip (~10 s)."""
-    cfg = dataclasses.replace(
-        sweep.with_steps(
-            dataclasses.replace(BASE, model=sweep.model_for(BASE.model, 16, 1, head_dim=16)),
-            12,
-            evals=2,
-        ),
-        name="real-tiny",
+    small = dataclasses.replace(
+        BASE,
+        model=sweep.model_for(BASE.model, 16, 1, head_dim=16),
+        data=DataConfig(max_bytes=400_000),
+        train=dataclasses.replace(BASE.train, eval_batches=1),
     )
+    cfg = dataclasses.replace(sweep.with_steps(small, 12, evals=2), name="real-tiny")
     rep = sweep.run_sweep([cfg], tmp_path, progress=False)
     assert rep.done == 1 and rep.trained == [cfg.run_id()]
     summary = store.read_json(tmp_path / cfg.run_id() / "summary.json")
