@@ -714,7 +714,9 @@ def add_sweep_parser(subparsers: Any) -> None:
         "sweep",
         help="run or inspect a study (a Python file in experiments/)",
         description="Run a study's runs into a results directory, or show their status. "
-        "Study files are Python and are executed: only pass files you trust.",
+        "Study files are Python and are executed: only pass files you trust. Any number of "
+        "workers may share one results directory (per-run lock files). `run` exits 0 when its "
+        "share is finished, 1 if some run failed, 3 if preempted (rerun to resume).",
     )
     sub = p.add_subparsers(dest="sweep_cmd", required=True)
     for name, hlp in (("run", "train every pending run"), ("status", "print a status table")):
