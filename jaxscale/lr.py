@@ -1,0 +1,399 @@
+"""Learning-rate sensitivity: loss vs peak LR per model size, fitted optimum and its drift.
+
+Kaplan et al. 2020 App. D.6 (Fig. 22): with warmup and decay, the final loss is insensitive to
+the peak LR over a broad range as long as the LR is not too small; the best LR shrinks slowly
+with N (their eq. D.1: LR(N) ≈ 0.003239 - 0.0001395 log N). For each (N, batch size) group of
+a sweep we fit a parabola to final loss vs log10 LR over the basin around the best grid point
+(the optimum's vertex, with a delta-method standard error), report the basin width — the
+range of LR whose fitted loss is within `tol` (relative) of the optimum — and fit the optimum's
+drift as a power law in N (and in B where a size was run at several batch sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class LRFit:
+    """Parabola loss = a u² + b u + c, u = log10 LR - x0, on the basin points of one group."""
+
+    a: float
+    b: float
+    c: float
+    x0: float
+    cov: np.ndarray
+    dof: int
+    lo: float  # fitted range of log10 LR
+    hi: float
+
+    @property
+    def vertex(self) -> float:
+        """log10 of the optimal LR (NaN if the parabola opens downward)."""
+        return self.x0 - self.b / (2 * self.a) if self.a > 0 else math.nan
+
+    @property
+    def vertex_se(self) -> float:
+        """Delta-method SE of the vertex: ∂(-b/2a)/∂(a, b) = (b/2a², -1/2a)."""
+        if not self.a > 0 or self.dof < 1:
+            return math.nan
+        g = np.array([self.b / (2 * self.a**2), -1 / (2 * self.a), 0.0])
+        return float(math.sqrt(max(g @ self.cov @ g, 0.0)))
+
+    @property
+    def min_loss(self) -> float:
+        return float(self(self.vertex)) if self.a > 0 else math.nan
+
+    def width(self, tol: float) -> float:
+        """Decades of LR over which the fitted loss is within (1+tol)·min (basin width)."""
+        return 2 * math.sqrt(tol * self.min_loss / self.a) if self.a > 0 else math.nan
+
+    def __call__(self, x: Any) -> np.ndarray:
+        u = np.asarray(x, float) - self.x0
+        return self.a * u**2 + self.b * u + self.c
+
+
+def fit_lr_parabola(lr: Sequence[float], loss: Sequence[float], half_window: int = 2) -> LRFit:
+    """Least-squares parabola in log10 LR over the best grid point ± half_window neighbours."""
+    x = np.log10(np.asarray(lr, float))
+    y = np.asarray(loss, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    if np.unique(x).size < 3:
+        raise ValueError(f"an LR optimum needs >= 3 distinct finite LRs, got {np.unique(x).size}")
+    i = int(np.argmin(y))
+    for hw in range(half_window, x.size):
+        lo, hi = max(0, i - hw), min(x.size, i + hw + 1)
+        # Keep at least 3 points even when the best LR sits at the edge of the grid.
+        while hi - lo < 3:
+            lo, hi = (lo - 1, hi) if lo > 0 else (lo, hi + 1)
+        f = _parabola(x[lo:hi], y[lo:hi])
+        # A flat basin can bend the wrong way within noise: widen the window until it curves up.
+        if f.a > 0 or (lo == 0 and hi == x.size):
+            return f
+    return f
+
+
+def _parabola(xs: np.ndarray, ys: np.ndarray) -> LRFit:
+    x0 = float(xs.mean())
+    X = np.stack([(xs - x0) ** 2, xs - x0, np.ones_like(xs)], axis=1)
+    beta, *_ = np.linalg.lstsq(X, ys, rcond=None)
+    dof = xs.size - 3
+    r = ys - X @ beta
+    s2 = float(r @ r / dof) if dof > 0 else math.nan
+    cov = s2 * np.linalg.pinv(X.T @ X)
+    return LRFit(
+        float(beta[0]),
+        float(beta[1]),
+        float(beta[2]),
+        x0,
+        cov,
+        dof,
+        float(xs.min()),
+        float(xs.max()),
+    )
+
+
+def _wls_slope(x: np.ndarray, y: np.ndarray, se: np.ndarray) -> tuple[float, float, float]:
+    """(slope, slope_se, intercept) of y on x weighted by 1/se² (unit weights if se unknown)."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y, se = x[ok], y[ok], se[ok]
+    if x.size < 2 or np.unique(x).size < 2:
+        return math.nan, math.nan, math.nan
+    w = 1 / se**2 if np.all(np.isfinite(se) & (se > 0)) else np.ones_like(x)
+    X = np.stack([np.ones_like(x), x], 1)
+    W = np.diag(w)
+    A = X.T @ W @ X
+    beta = np.linalg.solve(A, X.T @ W @ y)
+    r = y - X @ beta
+    dof = x.size - 2
+    # Scale by the reduced chi² when there are spare points, so scatter beyond the SEs shows.
+    scale = max(float(r @ W @ r) / dof, 1.0) if dof > 0 else 1.0
+    slope_se = math.sqrt(np.linalg.inv(A)[1, 1] * scale)
+    return float(beta[1]), slope_se, float(beta[0])
+
+
+@dataclass
+class LRStudy:
+    """Per-(N, B) optima and their drift with N and B."""
+
+    points: pd.DataFrame  # N, B, lr, loss, diverged, group
+    optima: pd.DataFrame  # N, B, lr_opt, log10_lr_opt, log10_lr_opt_se, loss_opt, width, edge
+    fits: dict[tuple[int, int], LRFit]
+    drift_N: dict[str, float]
+    drift_B: dict[str, float]
+    tol: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tol": self.tol,
+            "optima": json.loads(self.optima.to_json(orient="records")),
+            "drift_N": self.drift_N,
+            "drift_B": self.drift_B,
+            "points": json.loads(self.points.to_json(orient="records")),
+        }
+
+
+def analyse_points(points: pd.DataFrame, *, tol: float = 0.01, half_window: int = 2) -> LRStudy:
+    """LR study from a table with columns N, B, lr, loss (NaN/inf loss = diverged)."""
+    need = {"N", "B", "lr", "loss"}
+    if not need <= set(points.columns):
+        raise ValueError(f"LR points need columns {sorted(need)}, have {list(points.columns)}")
+    pts = points.copy()
+    pts["diverged"] = ~np.isfinite(pts["loss"].astype(float))
+    rows, fits = [], {}
+    for (N, B), g in pts.groupby(["N", "B"], sort=True):
+        g = g[~g["diverged"]]
+        if g["lr"].nunique() < 3:
+            continue
+        f = fit_lr_parabola(g["lr"], g["loss"], half_window)
+        fits[(int(N), int(B))] = f
+        best = g.loc[g["loss"].idxmin()]
+        xs = np.log10(g["lr"].to_numpy(float))
+        edge = bool(best["lr"] in (g["lr"].min(), g["lr"].max()))
+        within = g[g["loss"] <= (1 + tol) * best["loss"]]
+        rows.append(
+            {
+                "N": int(N),
+                "B": int(B),
+                "n_lrs": int(g["lr"].nunique()),
+                "best_lr": float(best["lr"]),
+                "best_loss": float(best["loss"]),
+                "log10_lr_opt": f.vertex,
+                "log10_lr_opt_se": f.vertex_se,
+                "lr_opt": 10**f.vertex if math.isfinite(f.vertex) else math.nan,
+                "loss_opt": f.min_loss,
+                "width_decades": f.width(tol),
+                "observed_width_decades": float(np.log10(within["lr"].max() / within["lr"].min())),
+                "grid_decades": float(xs.max() - xs.min()),
+                "edge": edge,
+            }
+        )
+    if not rows:
+        raise ValueError("no (N, batch size) group has >= 3 finished learning rates to fit")
+    opt = pd.DataFrame(rows)
+    interior = opt[~opt["edge"] & np.isfinite(opt["log10_lr_opt"])]
+    B_ref = int(opt["B"].mode().iloc[0])
+    ref = interior[interior["B"] == B_ref]
+    s, se, c = _wls_slope(
+        np.log10(ref["N"].to_numpy(float)),
+        ref["log10_lr_opt"].to_numpy(float),
+        ref["log10_lr_opt_se"].to_numpy(float),
+    )
+    drift_N = {
+        "batch_size": B_ref,
+        "exponent": s,
+        "exponent_se": se,
+        "log10_coef": c,
+        "n_sizes": int(len(ref)),
+    }
+    bs, bse, ns = [], [], 0
+    for _N, g in interior.groupby("N"):
+        if g["B"].nunique() >= 2:
+            sb, sbe, _ = _wls_slope(
+                np.log10(g["B"].to_numpy(float)),
+                g["log10_lr_opt"].to_numpy(float),
+                g["log10_lr_opt_se"].to_numpy(float),
+            )
+            bs.append(sb)
+            bse.append(sbe)
+            ns += 1
+    drift_B = {
+        "exponent": float(np.mean(bs)) if bs else math.nan,
+        "exponent_se": float(np.sqrt(np.sum(np.square(bse))) / len(bse)) if bse else math.nan,
+        "n_sizes": ns,
+    }
+    return LRStudy(pts, opt, fits, drift_N, drift_B, tol)
+
+
+def analyse(results: str | Path, *, tol: float = 0.01, half_window: int = 2) -> LRStudy:
+    """LR study of every run in a results directory (final eval loss vs train.lr)."""
+    from jaxscale import results as results_lib
+
+    runs, _ = results_lib.load(results)
+    if not len(runs) or "train.lr" not in runs:
+        raise ValueError(f"no runs with a train.lr under {results}")
+    runs = runs[runs["status"].isin(["done", "diverged"])]
+    loss = runs["loss"].astype(float).where(runs["status"] != "diverged", np.inf)
+    pts = pd.DataFrame(
+        {
+            "N": runs["n_params_nonembedding"].astype(int),
+            "B": runs["train.batch_size"].astype(int),
+            "lr": runs["train.lr"].astype(float),
+            "loss": loss,
+            "run_id": runs["run_id"],
+        }
+    )
+    return analyse_points(pts, tol=tol, half_window=half_window)
+
+
+def plot(study: LRStudy, out: str | Path) -> list[Path]:
+    """Loss vs LR per (N, B) with parabolas and optima; LR_opt vs N (and B)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    opt, pts = study.optima, study.points
+    Ns = sorted(opt["N"].unique())
+    cmap = plt.get_cmap("viridis")
+    Bs = sorted(opt["B"].unique())
+    styles = ["-", "--", ":", "-."]
+    finite = pts[~pts["diverged"]]
+    ytop = float(finite["loss"].quantile(0.9)) if len(finite) else 1.0
+    for (N, B), f in study.fits.items():
+        c = cmap(Ns.index(N) / max(len(Ns) - 1, 1))
+        ls = styles[Bs.index(B) % len(styles)]
+        g = pts[(pts["N"] == N) & (pts["B"] == B)].sort_values("lr")
+        gf = g[~g["diverged"]]
+        ax.plot(gf["lr"], gf["loss"], "o", ms=4, color=c)
+        gd = g[g["diverged"]]
+        ax.plot(gd["lr"], np.full(len(gd), ytop), "x", color=c)
+        xs = np.linspace(f.lo, f.hi, 50)
+        ax.plot(10**xs, f(xs), ls, color=c, lw=1, label=f"N={N:.3g} B={B}")
+        if math.isfinite(f.vertex):
+            se = f.vertex_se if math.isfinite(f.vertex_se) else 0.0
+            ax.errorbar(
+                [10**f.vertex],
+                [f.min_loss],
+                xerr=[
+                    [10**f.vertex - 10 ** (f.vertex - se)],
+                    [10 ** (f.vertex + se) - 10**f.vertex],
+                ],
+                fmt="*",
+                ms=9,
+                color=c,
+            )
+    ax.set(
+        xscale="log",
+        xlabel="peak learning rate",
+        ylabel="final eval loss [nats/token]",
+        title="loss vs LR (★ fitted optimum ± 1 SE, × diverged)",
+    )
+    ax.legend(fontsize=7)
+    for j, B in enumerate(Bs):
+        o = opt[(opt["B"] == B) & np.isfinite(opt["log10_lr_opt"])]
+        bx.errorbar(
+            o["N"],
+            o["lr_opt"],
+            yerr=[
+                o["lr_opt"] - 10 ** (o["log10_lr_opt"] - o["log10_lr_opt_se"].fillna(0)),
+                10 ** (o["log10_lr_opt"] + o["log10_lr_opt_se"].fillna(0)) - o["lr_opt"],
+            ],
+            fmt="os^v"[j % 4],
+            color=f"C{j}",
+            label=f"B={B}",
+            capsize=3,
+        )
+    d = study.drift_N
+    if math.isfinite(d["exponent"]):
+        ns = np.geomspace(min(Ns), max(Ns), 20)
+        bx.plot(
+            ns,
+            10 ** (d["log10_coef"] + d["exponent"] * np.log10(ns)),
+            "k--",
+            lw=1,
+            label=f"LR* ∝ N^{d['exponent']:.2f}±{d['exponent_se']:.2f}",
+        )
+    bx.set(
+        xscale="log",
+        yscale="log",
+        xlabel="non-embedding parameters N",
+        ylabel="optimal peak LR",
+        title="drift of the optimum",
+    )
+    bx.legend(fontsize=7)
+    fig.tight_layout()
+    paths = []
+    for ext in ("png", "svg"):
+        p = out / f"lr.{ext}"
+        fig.savefig(p, dpi=130, bbox_inches="tight")
+        paths.append(p)
+    plt.close(fig)
+    return paths
+
+
+def describe(study: LRStudy) -> str:
+    """Readable summary: optimum per group, basin widths and drift."""
+    lines = [
+        f"LR sensitivity (parabola in log10 LR over the best grid point ± neighbours; "
+        f"basin = fitted loss within {100 * study.tol:g}% of the optimum):"
+    ]
+    for _, r in study.optima.iterrows():
+        lines.append(
+            f"  N={r['N']:>9,} B={r['B']:>4}: LR*={r['lr_opt']:.3g} "
+            f"(log10 {r['log10_lr_opt']:.2f}±{r['log10_lr_opt_se']:.2f}), "
+            f"loss {r['loss_opt']:.4f}; basin {r['width_decades']:.2f} decades "
+            f"(observed >= {r['observed_width_decades']:.2f} "
+            f"of a {r['grid_decades']:.2f}-decade grid)"
+            + ("  [best LR at grid edge]" if r["edge"] else "")
+        )
+    d, b = study.drift_N, study.drift_B
+    lines.append(
+        f"Drift with N (B={d['batch_size']}, {d['n_sizes']} sizes): LR* ∝ "
+        f"N^{d['exponent']:.3f}±{d['exponent_se']:.3f}"
+    )
+    if b["n_sizes"]:
+        lines.append(
+            f"Drift with B ({b['n_sizes']} size(s)): LR* ∝ "
+            f"B^{b['exponent']:.3f}±{b['exponent_se']:.3f}"
+        )
+    return "\n".join(lines)
+
+
+def add_lr_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """`jaxscale lr RESULTS [--tol 0.01] [--window 2] [--out DIR]`."""
+    p = subparsers.add_parser(
+        "lr",
+        help="learning-rate sensitivity: loss vs LR per size, optimum and drift with N, B",
+        description="Fits a parabola in log10 LR per (model size, batch size) around the best "
+        "LR (Kaplan 2020 App. D.6), reports the optimum ± SE, the basin width and the "
+        "optimum's drift with N and B.",
+    )
+    p.add_argument("results", help="results directory of an LR sweep (e.g. experiments/lr.py)")
+    p.add_argument(
+        "--tol",
+        type=float,
+        default=0.01,
+        help="basin: relative loss excess over the optimum (default 0.01 = 1%%)",
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=2,
+        help="grid neighbours each side of the best LR used in the parabola",
+    )
+    p.add_argument("--out", default=None, help="output directory (default <results>/analyses)")
+    return p
+
+
+def run_lr_cli(args: argparse.Namespace) -> int:
+    """Entry point for `jaxscale lr`."""
+    from jaxscale import store
+
+    if not args.tol > 0:
+        raise ValueError(f"--tol must be > 0, got {args.tol}")
+    if args.window < 1:
+        raise ValueError(f"--window must be >= 1, got {args.window}")
+    study = analyse(args.results, tol=args.tol, half_window=args.window)
+    out = Path(args.out) if args.out else Path(args.results) / "analyses"
+    store.write_json_atomic(out / "lr.json", study.to_dict())
+    study.optima.to_csv(out / "lr_optima.csv", index=False)
+    written = plot(study, out)
+    print(describe(study))
+    print(f"wrote lr.json, lr_optima.csv and {len(written)} plots to {out}")
+    return 0
