@@ -23,18 +23,20 @@ from jaxscale.sweep import batch_grid_runs, with_steps
 
 NAME = "critical_batch"
 DESCRIPTION = "steps vs examples to reach fixed losses across batch sizes, and B_simple"
-SETTINGS = ("default", "tiny")
+SETTINGS = ("default", "tiny", "smoke")
 CONVENTION = "kaplan_attn"
 
 SETUPS = {
     # setting: (d_model, n_layers, context, batch sizes, tokens per run, min steps)
     "default": (64, 2, 128, (4, 8, 16, 32, 64, 128, 256), 6_000_000, 400),
     "tiny": (32, 2, 64, (4, 8, 16, 32, 64), 400_000, 150),
+    # about a minute on 2 cores: what notebooks/03_critical_batch.ipynb runs
+    "smoke": (32, 2, 32, (4, 8, 16, 32, 64), 60_000, 100),
 }
 
 
 def runs(setting: str = "default") -> list[RunConfig]:
-    """The batch sweep for `setting` ('default' or 'tiny')."""
+    """The batch sweep for `setting` ('default', 'tiny' or 'smoke')."""
     d, n_layers, ctx, batches, tokens, min_steps = SETUPS[setting]
     base = RunConfig(
         model=ModelConfig.from_width_depth(d, n_layers, head_dim=16, context_length=ctx),

@@ -740,6 +740,103 @@ def save(cb: CriticalBatch, out: str | Path, *, plots: bool = True) -> list[Path
 
 
 # --------------------------------------------------------------------------------------------
+# A planted sweep with known answers (for validating the analysis end to end)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlantedSweep:
+    """Synthetic batch sweep with known B_crit(L): S_min(L) = s0/(L - l_inf)^2 steps and
+    B_noise(L) = b_star L^-inv_alpha_b sequences; a run at batch B reaches L at
+    S = S_min(L) (1 + B_noise(L)/B) (Kaplan 2020 eq. 5.1). Units: sequences of context_length."""
+
+    b_star: float = 54.0
+    inv_alpha_b: float = 3.0
+    s0: float = 50.0
+    l_inf: float = 1.0
+    context_length: int = 32
+    loss_noise: float = 0.01
+    gns_noise: float = 0.1
+
+    def b_crit(self, L: Any) -> Any:
+        """Planted B_crit(L) = B_noise(L) in sequences."""
+        return self.b_star * np.asarray(L, np.float64) ** -self.inv_alpha_b
+
+    def steps(self, L: Any, B: float) -> Any:
+        """Planted steps to reach L at batch B."""
+        L = np.asarray(L, np.float64)
+        return self.s0 / (L - self.l_inf) ** 2 * (1 + self.b_crit(L) / B)
+
+    def write(
+        self,
+        root: str | Path,
+        batch_sizes: Sequence[int] = (2, 4, 8, 16, 32, 64, 128),
+        *,
+        l_end: float = 1.42,
+        seed: int = 0,
+    ) -> list[str]:
+        """Write one run per batch size in the run-store format (config/metrics/summary)."""
+        from jaxscale import store
+        from jaxscale.config import ModelConfig, RunConfig, TrainConfig
+
+        if not l_end > self.l_inf:
+            raise ValueError(f"l_end={l_end} must exceed l_inf={self.l_inf} (never reached)")
+        rng = np.random.default_rng(seed)
+        T = self.context_length
+        L_grid = np.linspace(self.l_inf + 3.0, l_end, 4000)
+        ids = []
+        for B in batch_sizes:
+            s_grid = self.steps(L_grid, B)  # increasing as L falls
+            n = int(math.ceil(s_grid[-1]))
+            step = np.arange(1, n + 1)
+            L = np.interp(np.log(step), np.log(s_grid), L_grid)
+            L_obs = L + self.loss_noise * rng.standard_normal(n)
+            bs = self.b_crit(L) * np.exp(self.gns_noise * rng.standard_normal(n))
+            ev = max(1, n // 5)
+            cfg = RunConfig(
+                model=ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, context_length=T),
+                train=TrainConfig(
+                    batch_size=int(B),
+                    steps=n,
+                    grad_accum=2,
+                    gns=True,
+                    warmup_steps=0,
+                    schedule="constant",
+                    eval_every=ev,
+                ),
+                name=f"planted_B{B}",
+            )
+            rid = cfg.run_id()
+            d = Path(root) / rid
+            store.write_json_atomic(d / "config.json", {**cfg.to_dict(), "run_id": rid})
+            rows = [
+                {
+                    "step": int(k),
+                    "tokens": int(k * B * T),
+                    "loss": float(lo),
+                    "gns_b_simple": float(b),
+                    "gns_b_simple_tokens": float(b * T),
+                }
+                for k, lo, b in zip(step, L_obs, bs)
+            ]
+            for r in [*rows[ev - 1 :: ev], rows[-1]]:
+                r["eval_loss"] = r["loss"] + 0.02
+            store.append_jsonl(d / "metrics.jsonl", rows)
+            store.write_json_atomic(
+                d / "summary.json",
+                {
+                    "status": "done",
+                    "steps": n,
+                    "tokens": n * B * T,
+                    "loss": rows[-1]["eval_loss"],
+                    "train_loss": rows[-1]["loss"],
+                },
+            )
+            ids.append(rid)
+        return ids
+
+
+# --------------------------------------------------------------------------------------------
 # CLI (wired by jaxscale.cli)
 # --------------------------------------------------------------------------------------------
 
@@ -783,8 +880,8 @@ def add_batch_parser(subparsers: Any) -> None:
     )
     p.add_argument("--method", choices=("nuts", "laplace", "map"), default="nuts")
     p.add_argument("--chains", type=int, default=4)
-    p.add_argument("--warmup", type=int, default=500)
-    p.add_argument("--draws", type=int, default=500)
+    p.add_argument("--warmup", type=int, default=1000)
+    p.add_argument("--draws", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output directory (default RESULTS/critical_batch)")
     p.add_argument("--no-plots", action="store_true")

@@ -142,7 +142,7 @@ def test_hyperbola_fit_recovers_planted_s_min_e_min():
     B = np.array([4, 8, 16, 32, 64, 128, 256], float)
     rng = np.random.default_rng(3)
     S = s_min * (1 + b_noise / B) * np.exp(0.03 * rng.standard_normal(B.size))
-    res = batch.fit_hyperbola(B, S, chains=4, warmup=500, draws=500)  # 7 points: one compile
+    res = batch.fit_hyperbola(B, S, chains=4, warmup=1000, draws=1000)  # 7 points: one compile
     assert res.ok, res.problems
     for name, truth in (("S_min", s_min), ("B_noise", b_noise)):
         q5, q50, q95 = np.quantile(res.flat(name), [0.05, 0.5, 0.95])
@@ -152,70 +152,15 @@ def test_hyperbola_fit_recovers_planted_s_min_e_min():
     assert abs(np.median(e_min) / (s_min * b_noise) - 1) < 0.15
 
 
-# Planted learning curves: infinite-batch S_min(L) = 50 / (L - 1)^2 and B_noise(L) = B* L^-k
-# (sequences); a run at batch B reaches L at S(L) = S_min(L) (1 + B_noise(L)/B) (Kaplan 2020 §5.1).
-B_STAR, INV_ALPHA, CTX = 54.0, 3.0, 32
-
-
-def _planted_s(L, B):
-    return 50.0 / (L - 1.0) ** 2 * (1 + B_STAR * L**-INV_ALPHA / B)
-
-
-def _write_synthetic_runs(root: Path, batch_sizes=(2, 4, 8, 16, 32, 64, 128), l_end=1.42):
-    rng = np.random.default_rng(0)
-    L_grid = np.linspace(4.0, l_end, 4000)
-    for B in batch_sizes:
-        s_grid = _planted_s(L_grid, B)  # increasing as L falls
-        steps = int(math.ceil(s_grid[-1]))
-        step = np.arange(1, steps + 1)
-        L = np.interp(np.log(step), np.log(s_grid), L_grid)
-        L_obs = L + 0.01 * rng.standard_normal(step.size)
-        cfg = RunConfig(
-            model=ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, context_length=CTX),
-            train=TrainConfig(
-                batch_size=B,
-                steps=steps,
-                grad_accum=2,
-                gns=True,
-                warmup_steps=0,
-                schedule="constant",
-                eval_every=max(1, steps // 5),
-            ),
-            name=f"synthetic_B{B}",
-        )
-        rid = cfg.run_id()
-        d = root / rid
-        store.write_json_atomic(d / "config.json", {**cfg.to_dict(), "run_id": rid})
-        b_simple = B_STAR * L**-INV_ALPHA * np.exp(0.1 * rng.standard_normal(step.size))
-        rows = [
-            {
-                "step": int(s),
-                "tokens": int(s * B * CTX),
-                "loss": float(lo),
-                "gns_b_simple": float(bs),
-                "gns_b_simple_tokens": float(bs * CTX),
-            }
-            for s, lo, bs in zip(step, L_obs, b_simple)
-        ]
-        for r in [*rows[cfg.train.eval_every - 1 :: cfg.train.eval_every], rows[-1]]:
-            r["eval_loss"] = r["loss"] + 0.02
-        store.append_jsonl(d / "metrics.jsonl", rows)
-        store.write_json_atomic(
-            d / "summary.json",
-            {
-                "status": "done",
-                "steps": steps,
-                "tokens": steps * B * CTX,
-                "loss": rows[-1]["eval_loss"],
-                "train_loss": rows[-1]["loss"],
-            },
-        )
+# Planted curves (batch.PlantedSweep): S_min(L) = 50/(L-1)^2, B_noise(L) = 54 L^-3 sequences.
+PLANTED = batch.PlantedSweep(b_star=54.0, inv_alpha_b=3.0, context_length=32)
+CTX = PLANTED.context_length
 
 
 def test_critical_batch_cli_on_planted_runs(tmp_path, capsys):
     from jaxscale.cli import main
 
-    _write_synthetic_runs(tmp_path / "res")
+    PLANTED.write(tmp_path / "res")
     targets = [1.5, 1.6, 1.75, 1.9]
     out = tmp_path / "cb"
     rc = main(
@@ -227,9 +172,9 @@ def test_critical_batch_cli_on_planted_runs(tmp_path, capsys):
             "--chains",
             "4",
             "--warmup",
-            "500",
+            "1000",
             "--draws",
-            "500",
+            "1000",
             "--out",
             str(out),
         ]
@@ -241,22 +186,23 @@ def test_critical_batch_cli_on_planted_runs(tmp_path, capsys):
     assert "B_crit(L) = B*/L^(1/alpha_B)" in text and "Kaplan 2020" in text
     table = json.loads((out / "summary.json").read_text())
     for row in table["targets"]:
-        truth = B_STAR * row["target"] ** -INV_ALPHA
+        truth = PLANTED.b_crit(row["target"])
         assert row["B_crit_q5"] * 0.9 < truth < row["B_crit_q95"] * 1.1, row
         assert abs(row["B_crit_q50"] / truth - 1) < 0.25, (row["B_crit_q50"], truth)
         assert row["B_crit_tokens_q50"] == pytest.approx(row["B_crit_q50"] * CTX)
     law = table["law"]
     assert (
-        law["inv_alpha_B"]["q5"] < INV_ALPHA * 1.3 and law["inv_alpha_B"]["q95"] > INV_ALPHA / 1.3
+        law["inv_alpha_B"]["q5"] < PLANTED.inv_alpha_b * 1.3
+        and law["inv_alpha_B"]["q95"] > PLANTED.inv_alpha_b / 1.3
     )
-    assert abs(law["B_star_tokens"]["q50"] / (B_STAR * CTX) - 1) < 0.4
+    assert abs(law["B_star_tokens"]["q50"] / (PLANTED.b_star * CTX) - 1) < 0.4
     for stem in ("pareto", "b_crit", "b_simple"):
         for ext in ("png", "svg"):
             assert (out / f"{stem}.{ext}").stat().st_size > 1000
 
 
 def test_critical_batch_rejects_mixed_models(tmp_path):
-    _write_synthetic_runs(tmp_path / "res", batch_sizes=(4, 8))
+    PLANTED.write(tmp_path / "res", batch_sizes=(4, 8))
     cfg = RunConfig(
         model=ModelConfig(d_model=64, n_layers=1, n_heads=2, d_ff=64, context_length=CTX),
         train=TrainConfig(batch_size=16, steps=10, warmup_steps=0),
