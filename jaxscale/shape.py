@@ -630,6 +630,14 @@ class ShapeFit:
                 f" r* {moves} with scale: d ln r*/d ln N = {q[1]:.2f} "
                 f"(90% interval {q[0]:.2f} to {q[2]:.2f})."
             )
+        tab = self.table()
+        out = tab[~tab["bracketed"]]
+        if len(out):
+            where = ", ".join(f"{n:.3g}" for n in out["N_target"])
+            text += (
+                f" CAVEAT: at N={where} the optimum lies outside the measured aspect ratios, so "
+                "r* and the penalties there are extrapolations; extend the grid past it."
+            )
         if not self.ok:
             text += " WARNING: the fit failed its diagnostics; " + "; ".join(self.result.problems)
         return textwrap.fill(text, 100)

