@@ -618,6 +618,7 @@ def plot_bcrit(cb: CriticalBatch, out: Path) -> list[Path]:
     plt = _plt()
     T = cb.context_length
     fig, ax = plt.subplots(figsize=(6, 4.4))
+    ax.set_yscale("log")  # before reading limits below
     if len(cb.gns):
         for rid, g in cb.gns.groupby("run_id"):
             g = g[g["step"] > 0]
@@ -671,7 +672,6 @@ def plot_bcrit(cb: CriticalBatch, out: Path) -> list[Path]:
                 va="top",
             )
         ax.set_xlim(L.min() * 0.9, L.max() * 1.15)
-    ax.set_yscale("log")
     ax.set_xlabel(f"target loss ({'smoothed train' if cb.loss == 'train' else 'eval'}, nats/token)")
     ax.set_ylabel("critical batch (tokens)")
     ax.set_title("B_crit(L) (Kaplan 2020 eq. 5.3) and B_simple (McCandlish 2018)", fontsize=8)
