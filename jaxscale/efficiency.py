@@ -92,12 +92,12 @@ def tokens_to_reach(
 
 
 def prepare_curves(
-    runs_df: pd.DataFrame, curves_df: pd.DataFrame, *, loss: str = "train", window: float = 0.05
+    runs_df: pd.DataFrame, curves_df: pd.DataFrame, *, loss: str = "train", window: float = 0.02
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """(runs: run_id, N, steps, warmup, final_loss; per-run curves: step, tokens, loss).
 
-    loss='train' smooths the per-step training loss with a trailing mean over `window` of the
-    run (the final value is that mean over the last window); loss='eval' uses eval_loss points.
+    loss='train' smooths the per-step training loss with a centred mean over `window` of the
+    run (the final value averages the last window/2); loss='eval' uses eval_loss points.
     """
     if loss not in ("train", "eval"):
         raise ValueError(f"loss must be 'train' or 'eval', got {loss!r}")
@@ -111,8 +111,9 @@ def prepare_curves(
             continue
         steps = int(c["step"].max())
         if loss == "train":
-            k = max(1, int(round(window * steps)))
-            c = c.assign(loss=c["loss"].rolling(k, min_periods=1).mean())
+            # Centred so the smoothed curve is not shifted later in S; the end is one-sided.
+            k = max(1, int(round(window * len(c))))
+            c = c.assign(loss=c["loss"].rolling(k, min_periods=1, center=True).mean())
         out_curves[r["run_id"]] = c.reset_index(drop=True)
         warm = r.get("train.warmup_steps", 0)
         out_runs.append(
@@ -132,14 +133,18 @@ def prepare_curves(
 def _observed(
     runs: pd.DataFrame, curves: dict[str, pd.DataFrame], frac: float, max_points: int
 ) -> pd.DataFrame:
-    """Points with warmup < step <= frac·steps, at most max_points per run (log-spaced)."""
+    """Points with warmup < step <= frac·steps, at most max_points per run (evenly spaced).
+
+    Exactly max_points per run whenever a run has that many, so the fits at different
+    fractions share one array shape and one compilation.
+    """
     parts = []
     for _, r in runs.iterrows():
         c = curves[r["run_id"]]
         s_min = max(r["warmup"], 0.02 * r["steps"], 1)
         c = c[(c["step"] > s_min) & (c["step"] <= frac * r["steps"])]
         if len(c) > max_points:
-            idx = np.unique(np.round(np.geomspace(1, len(c), max_points)).astype(int) - 1)
+            idx = np.round(np.linspace(0, len(c) - 1, max_points)).astype(int)
             c = c.iloc[idx]
         parts.append(
             pd.DataFrame(

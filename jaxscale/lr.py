@@ -55,7 +55,8 @@ class LRFit:
 
     def width(self, tol: float) -> float:
         """Decades of LR over which the fitted loss is within (1+tol)·min (basin width)."""
-        return 2 * math.sqrt(tol * self.min_loss / self.a) if self.a > 0 else math.nan
+        ok = self.a > 0 and self.min_loss > 0
+        return 2 * math.sqrt(tol * self.min_loss / self.a) if ok else math.nan
 
     def __call__(self, x: Any) -> np.ndarray:
         u = np.asarray(x, float) - self.x0
@@ -161,7 +162,10 @@ def analyse_points(points: pd.DataFrame, *, tol: float = 0.01, half_window: int 
         fits[(int(N), int(B))] = f
         best = g.loc[g["loss"].idxmin()]
         xs = np.log10(g["lr"].to_numpy(float))
-        edge = bool(best["lr"] in (g["lr"].min(), g["lr"].max()))
+        # Not bracketed: the best LR is at the grid's end, or the vertex lies outside the grid.
+        edge = bool(best["lr"] in (g["lr"].min(), g["lr"].max())) or not (
+            xs.min() <= f.vertex <= xs.max()
+        )
         within = g[g["loss"] <= (1 + tol) * best["loss"]]
         rows.append(
             {
@@ -172,7 +176,7 @@ def analyse_points(points: pd.DataFrame, *, tol: float = 0.01, half_window: int 
                 "best_loss": float(best["loss"]),
                 "log10_lr_opt": f.vertex,
                 "log10_lr_opt_se": f.vertex_se,
-                "lr_opt": 10**f.vertex if math.isfinite(f.vertex) else math.nan,
+                "lr_opt": 10**f.vertex if abs(f.vertex) < 30 else math.nan,
                 "loss_opt": f.min_loss,
                 "width_decades": f.width(tol),
                 "observed_width_decades": float(np.log10(within["lr"].max() / within["lr"].min())),

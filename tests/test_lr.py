@@ -1,0 +1,80 @@
+"""LR sensitivity: planted per-size optima and their drift with N recovered (~3 s)."""
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jaxscale import lr
+from jaxscale.config import ModelConfig, RunConfig, TrainConfig
+
+NS = np.array([1e4, 1e5, 1e6, 1e7])
+GRID = 1e-3 * 2.0 ** np.arange(8)
+
+
+def _vertex(N):
+    return math.log10(0.02) - 0.25 * math.log10(N / 1e4)  # LR* = 0.02 (N/1e4)^-0.25
+
+
+def _points(rng, sd=0.003):
+    rows = []
+    for N in NS:
+        for x in np.log10(GRID):
+            loss = 3.0 - 0.1 * math.log10(N) + 0.4 * (x - _vertex(N)) ** 2 + rng.normal(0, sd)
+            rows.append({"N": N, "B": 32, "lr": 10**x, "loss": loss})
+    return pd.DataFrame(rows)
+
+
+def test_planted_optimum_and_drift_recovered():
+    st = lr.analyse_points(_points(np.random.default_rng(0)))
+    for _, r in st.optima.iterrows():
+        assert r["log10_lr_opt"] == pytest.approx(
+            _vertex(r["N"]), abs=4 * r["log10_lr_opt_se"] + 0.02
+        )
+    d = st.drift_N
+    assert d["exponent"] == pytest.approx(-0.25, abs=3 * d["exponent_se"] + 0.02)
+    # basin of 1%: 2 sqrt(0.01 L* / 0.4) decades
+    r = st.optima.iloc[0]
+    assert r["width_decades"] == pytest.approx(2 * math.sqrt(0.01 * r["loss_opt"] / 0.4), rel=0.1)
+
+
+def test_diverged_runs_are_excluded_and_edges_flagged():
+    pts = _points(np.random.default_rng(1))
+    pts.loc[pts["lr"] == GRID[-1], "loss"] = np.inf  # the largest LR diverged everywhere
+    edge = pd.DataFrame(
+        {"N": 5e3, "B": 32, "lr": GRID[:4], "loss": 3 - 0.1 * np.log10(GRID[:4])}
+    )  # still falling at the top
+    st = lr.analyse_points(pd.concat([pts, edge]))
+    assert st.points["diverged"].sum() == len(NS)
+    assert bool(st.optima.set_index("N").loc[5e3, "edge"])
+    assert np.isfinite(st.drift_N["exponent"])
+
+
+def test_cli_on_a_results_dir(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    for w in (32, 64, 128):
+        for rate in GRID:
+            cfg = RunConfig(
+                model=ModelConfig.from_width_depth(w, 2, head_dim=16),
+                train=TrainConfig(lr=float(rate)),
+            )
+            N = cfg.model.n_params_nonembedding
+            loss = 3 + 0.3 * (math.log10(rate) - _vertex(N)) ** 2 + rng.normal(0, 0.002)
+            d = tmp_path / cfg.run_id()
+            d.mkdir()
+            (d / "config.json").write_text(json.dumps({**cfg.to_dict(), "run_id": cfg.run_id()}))
+            (d / "summary.json").write_text(
+                json.dumps({"status": "done", "loss": loss, "tokens": 1000, "steps": 10})
+            )
+    p = argparse.ArgumentParser()
+    lr.add_lr_parser(p.add_subparsers())
+    assert lr.run_lr_cli(p.parse_args(["lr", str(tmp_path)])) == 0
+    out = json.loads((tmp_path / "analyses" / "lr.json").read_text())
+    assert len(out["optima"]) == 3
+    assert (tmp_path / "analyses" / "lr.svg").exists()
+    assert "Drift with N" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=">= 3"):
+        lr.fit_lr_parabola([1e-3, 2e-3], [3.0, 2.9])
