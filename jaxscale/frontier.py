@@ -193,6 +193,8 @@ def isoflop_optima(
             "best_N": float(best[ncol]),
             "best_D": float(best["tokens"]),
             "best_loss": float(best["loss"]),
+            "N_min": float(10 ** logN.min()),
+            "N_max": float(10 ** logN.max()),
         }
         vx = se = loss_opt = math.nan
         interior = False
@@ -348,7 +350,7 @@ def plot(fr: Frontier, out: Path) -> list[Path]:
     xlabel = f"training compute C [FLOPs, {fr.convention}]"
 
     def done(fig, name: str) -> None:
-        for a in fig.axes[:2] if name == "optima" else fig.axes[:1]:
+        for a in fig.axes[:1] if name != "optima" else []:
             for axis in (a.xaxis, a.yaxis):
                 if axis.get_scale() == "log":
                     axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -397,8 +399,12 @@ def plot(fr: Frontier, out: Path) -> list[Path]:
         if fit is not None:
             xs = np.linspace(np.log10(N.min()) - 0.15, np.log10(N.max()) + 0.15, 100)
             ax.plot(10**xs, fit(xs), color=col, lw=1)
-            if math.isfinite(fit.vertex):
+            lo, hi = np.log10(N.min()), np.log10(N.max())
+            # A vertex far outside the sampled sizes says only "further that way": drawing it
+            # would squash every profile, so only vertices within half a decade are shown.
+            if math.isfinite(fit.vertex) and lo - 0.5 <= fit.vertex <= hi + 0.5:
                 se = fit.vertex_se if math.isfinite(fit.vertex_se) else 0.0
+                se = min(se, 0.5)
                 ax.errorbar(
                     [10**fit.vertex],
                     [fit(fit.vertex)],
@@ -408,6 +414,7 @@ def plot(fr: Frontier, out: Path) -> list[Path]:
                     ],
                     fmt="D",
                     color=col,
+                    mfc=col if lo <= fit.vertex <= hi else "white",
                     mec="k",
                     ms=6,
                     capsize=3,
@@ -416,7 +423,7 @@ def plot(fr: Frontier, out: Path) -> list[Path]:
         xscale="log",
         xlabel=f"N ({ncol})",
         ylabel="final eval loss",
-        title="isoFLOP profiles; ◆ = parabola vertex ± 1 SE",
+        title="isoFLOP profiles; ◆ = parabola vertex ± 1 SE (hollow: extrapolated)",
     )
     if groups:
         ax.legend(fontsize=8)
@@ -428,16 +435,22 @@ def plot(fr: Frontier, out: Path) -> list[Path]:
     ex = fr.exponents()
     for ax, key, label, e in ((axes[0], "N", "N_opt", ex["a"]), (axes[1], "D", "D_opt", ex["b"])):
         if len(o):
-            v = o[f"{key}_opt"]
-            ax.errorbar(
-                o["C"],
-                v,
-                yerr=[v - o[f"{key}_opt_lo"], o[f"{key}_opt_hi"] - v],
-                fmt="o",
-                color="C0",
-                capsize=3,
-                label="parabola vertex ± 1 SE",
-            )
+            # vertices more than half a decade outside the sampled sizes are not shown
+            near = o["log10_N_opt"].between(np.log10(o["N_min"]) - 0.5, np.log10(o["N_max"]) + 0.5)
+            for sub, filled in ((o[near & o["interior"]], True), (o[near & ~o["interior"]], False)):
+                if not len(sub):
+                    continue
+                v = sub[f"{key}_opt"]
+                ax.errorbar(
+                    sub["C"],
+                    v,
+                    yerr=[v - sub[f"{key}_opt_lo"], sub[f"{key}_opt_hi"] - v],
+                    fmt="o",
+                    color="C0",
+                    mfc="C0" if filled else "white",
+                    capsize=3,
+                    label="parabola vertex ± 1 SE" + ("" if filled else " (extrapolated)"),
+                )
             ax.scatter(
                 o["C"], o[f"best_{key}"], facecolors="none", edgecolors="C1", label="best run"
             )
