@@ -505,7 +505,8 @@ def _potential(spec: _Spec, u_K: Any, lx: Any, log_y: Any, prior_args: Any, cent
     return potential_energy(_spec_model(spec), (lx, log_y), kw, _unravel(spec, u_K))
 
 
-def _lbfgs(f: Callable[[Any], Any], u0: Any, iters: int) -> tuple[Any, Any]:
+def _lbfgs(f: Callable[[Any], Any], u0: Any, iters: int, rtol: float = 1e-7) -> tuple[Any, Any]:
+    """L-BFGS (optax, zoom line search) until |grad| <= rtol (1 + |f|) or `iters` steps."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -513,13 +514,18 @@ def _lbfgs(f: Callable[[Any], Any], u0: Any, iters: int) -> tuple[Any, Any]:
     opt = optax.lbfgs()
     vg = optax.value_and_grad_from_state(f)
 
-    def step(carry: Any, _: Any) -> Any:
-        u, s = carry
+    def cond(c: Any) -> Any:
+        return (c[2] < iters) & (c[3] > rtol * (1.0 + jnp.abs(c[4])))
+
+    def body(c: Any) -> Any:
+        u, s, i, _, _ = c
         v, g = vg(u, state=s)
         upd, s = opt.update(g, s, u, value=v, grad=g, value_fn=f)
-        return (optax.apply_updates(u, upd), s), None
+        gn = optax.tree_utils.tree_l2_norm(g)
+        return optax.apply_updates(u, upd), s, i + 1, jnp.where(jnp.isfinite(gn), gn, 0.0), v
 
-    (u, _), _ = jax.lax.scan(step, (u0, opt.init(u0)), None, length=iters)
+    big = jnp.asarray(jnp.inf, u0.dtype)
+    u, *_ = jax.lax.while_loop(cond, body, (u0, opt.init(u0), 0, big, big))
     v = f(u)
     return u, jnp.where(jnp.isfinite(v), v, jnp.inf)
 
