@@ -25,8 +25,10 @@ DESCRIPTION = "model-size sweep with dense eval curves (sample efficiency, posit
 SETTINGS = ("default", "tiny")
 CONVENTION = "kaplan_attn"
 
-SHAPES = {"tiny": [(16, 1), (32, 1), (32, 2), (64, 2)],
-          "default": [(32, 2), (48, 2), (64, 2), (96, 3), (128, 4)]}
+SHAPES = {
+    "tiny": [(16, 1), (32, 1), (32, 2), (64, 2)],
+    "default": [(32, 2), (48, 2), (64, 2), (96, 3), (128, 4)],
+}
 
 
 def runs(setting: str = "default") -> list[RunConfig]:

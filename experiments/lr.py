@@ -7,7 +7,8 @@ Each size trains on the same token budget at peak learning rates spaced by ×2 f
 near divergence, with warmup and cosine decay to 10% (the schedule under which Kaplan reports
 the loss to be insensitive to the LR over a broad range). The middle size is repeated at a
 second batch size (same tokens) so the optimum's drift with B is measured too. `tiny` (3 sizes
-× 6 LRs 2e-3..6.4e-2 + 6 runs at batch 16, context 64, 150 steps) takes about 5 minutes on 2 CPU cores.
+× 6 LRs 2e-3..6.4e-2, + 6 runs at batch 16; context 64, 150 steps) takes 5-7 minutes on
+2 CPU cores.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def runs(setting: str = "default") -> list[RunConfig]:
     out = lr_grid_runs(base, shapes, lrs, tokens=tokens, evals=4, prefix=NAME, head_dim=16)
     big = dataclasses.replace(base, train=dataclasses.replace(base.train, batch_size=2 * B))
     mid = [shapes[len(shapes) // 2]]
-    out += lr_grid_runs(big, mid, lrs, tokens=tokens, evals=4, prefix=f"{NAME}_B{2 * B}",
-                        head_dim=16)
+    out += lr_grid_runs(
+        big, mid, lrs, tokens=tokens, evals=4, prefix=f"{NAME}_B{2 * B}", head_dim=16
+    )
     return out
