@@ -184,6 +184,9 @@ _PLUGINS = (
     ("jaxscale.shape", "add_shape_parser", "run_shape_cli"),
     ("jaxscale.report", "add_report_parser", "run_report_cli"),
     ("jaxscale.evaluate", "add_eval_parser", "run_eval_cli"),
+    ("jaxscale.shift", "add_shift_parser", "run_shift_cli"),
+    ("jaxscale.lr", "add_lr_parser", "run_lr_cli"),
+    ("jaxscale.efficiency", "add_efficiency_parser", "run_efficiency_cli"),
 )
 
 
