@@ -26,7 +26,7 @@ import re
 import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -224,9 +224,11 @@ def shape_grid(
     n_targets: Sequence[float],
     *,
     min_span_decades: float = 1.5,
+    min_shapes: int = 3,
     **kw: Any,
 ) -> list[Shape]:
-    """shapes_at for each target N; every level must span >= min_span_decades of aspect ratio."""
+    """shapes_at for each target N; every level needs >= min_shapes shapes (three locate an
+    optimum) spanning >= min_span_decades of aspect ratio."""
     if not n_targets:
         raise ConfigError("shape_grid: give at least one target N")
     out: list[Shape] = []
@@ -235,10 +237,11 @@ def shape_grid(
         span = (
             math.log10(shapes[-1].aspect_ratio / shapes[0].aspect_ratio) if len(shapes) > 1 else 0
         )
-        if span < min_span_decades:
+        if span < min_span_decades or len(shapes) < min_shapes:
             raise ConfigError(
-                f"shape_grid: at N={n:.3g} the shapes span only {span:.2f} decades of aspect ratio "
-                f"(need {min_span_decades}); {len(shapes)} shape(s) found within max_rel_dev. "
+                f"shape_grid: at N={n:.3g} {len(shapes)} shape(s) within max_rel_dev span "
+                f"{span:.2f} decades of aspect ratio (need >= {min_shapes} spanning "
+                f">= {min_span_decades}). "
                 "Raise N, use a smaller head_dim/min_width, widen aspect_range or relax max_rel_dev"
             )
         out.extend(shapes)
@@ -462,7 +465,7 @@ def penalty_form(n_levels: int, *, asymmetric: bool = False) -> Any:
     )
 
 
-def default_priors(df: Any, *, asymmetric: bool = False) -> dict[str, Any]:
+def default_priors(df: Any) -> dict[str, Any]:
     """Weakly informative, data-centred priors: ln L*_i ~ N(ln min loss_i, 0.3),
     ln r*_i ~ N(centre of the level's ln r, max(1, its half-range)), k ~ LogNormal(ln .02, 1.5)."""
     from jaxscale import fit as F
@@ -485,7 +488,6 @@ class ShapeFit:
     n_level: np.ndarray  # geometric-mean actual N per level
     result: Any  # jaxscale.fit.FitResult
     asymmetric: bool
-    draws: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -518,7 +520,7 @@ class ShapeFit:
         y = np.log(self.r_star())
         return (y - y.mean(1, keepdims=True)) @ x / (x @ x)
 
-    def relative_curve(self, r: np.ndarray, side_split: bool = True) -> np.ndarray:
+    def relative_curve(self, r: np.ndarray) -> np.ndarray:
         """(draws, levels, len(r)) of L/L* = 1 + pen on an aspect-ratio grid."""
         d = np.log(r)[None, None, :] - np.log(self.r_star())[:, :, None]
         kw, kd = self.k("wide")[:, None, None], self.k("deep")[:, None, None]
@@ -694,7 +696,7 @@ def fit_penalty(
     data = {"r": df["aspect_ratio"].to_numpy(float), "loss": df["loss"].to_numpy(float)}
     if len(levels) > 1:
         data["g"] = (idx + 1).astype(float)
-    pri = {**default_priors(df, asymmetric=asymmetric), **(priors or {})}
+    pri = {**default_priors(df), **(priors or {})}
     res = F.fit(
         data,
         fm,
@@ -761,18 +763,16 @@ def write_synthetic_results(
         d = out / rid
         store.write_json_atomic(d / "config.json", {**cfg.to_dict(), "run_id": rid})
         steps = cfg.train.steps
+        # only the final evaluation: no learning curve is invented
         rows = [
             {
-                "step": s,
-                "tokens": s * cfg.tokens_per_step,
-                "loss": loss * (1 + 2 / s**0.5),
-                "eval_loss": loss * (1 + 2 / s**0.5) if s in (steps // 2, steps) else None,
+                "step": steps,
+                "tokens": cfg.total_tokens,
+                "loss": loss,
+                "eval_loss": loss,
                 "lr": cfg.train.lr,
             }
-            for s in sorted({max(1, steps // 2), steps})
         ]
-        rows[-1]["eval_loss"] = loss
-        rows[-1]["loss"] = loss
         (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         store.write_json_atomic(
             d / "summary.json",
@@ -803,6 +803,7 @@ def plot_shape(sf: ShapeFit, out_dir: str | Path, *, stem: str = "shape") -> dic
     if matplotlib.get_backend().lower() not in ("agg", "svg", "pdf"):
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -844,6 +845,9 @@ def plot_shape(sf: ShapeFit, out_dir: str | Path, *, stem: str = "shape") -> dic
         a1.set_title("r* (90% interval)", fontsize=9)
     a1.set_xscale("log")
     a1.set_yscale("log")
+    fmt = matplotlib.ticker.FormatStrFormatter("%.3g")
+    a1.yaxis.set_major_formatter(fmt)
+    a1.yaxis.set_minor_formatter(fmt)
     a1.set_xlabel("non-embedding N")
     a1.set_ylabel("optimal aspect ratio r*")
     fig.tight_layout()
