@@ -25,7 +25,6 @@ fitted scale ``sigma``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import math
@@ -524,10 +523,33 @@ def _lbfgs(f: Callable[[Any], Any], u0: Any, iters: int, rtol: float = 1e-7) -> 
         gn = optax.tree_utils.tree_l2_norm(g)
         return optax.apply_updates(u, upd), s, i + 1, jnp.where(jnp.isfinite(gn), gn, 0.0), v
 
-    big = jnp.asarray(jnp.inf, u0.dtype)
-    u, *_ = jax.lax.while_loop(cond, body, (u0, opt.init(u0), 0, big, big))
+    big, zero = jnp.asarray(jnp.inf, u0.dtype), jnp.asarray(0.0, u0.dtype)
+    u, *_ = jax.lax.while_loop(cond, body, (u0, opt.init(u0), 0, big, zero))
     v = f(u)
     return u, jnp.where(jnp.isfinite(v), v, jnp.inf)
+
+
+def _newton(f: Callable[[Any], Any], u0: Any, iters: int) -> tuple[Any, Any]:
+    """Levenberg-damped Newton with |eigenvalue| Hessian (cheap to compile for few params)."""
+    import jax
+    import jax.numpy as jnp
+
+    vg, hess = jax.value_and_grad(f), jax.hessian(f)
+
+    def body(i: Any, c: Any) -> Any:
+        u, v, lam = c
+        _, g = vg(u)
+        w, V = jnp.linalg.eigh(hess(u))
+        step = V @ ((V.T @ g) / (jnp.abs(w) + lam))
+        un = u - step
+        vn = f(un)
+        ok = jnp.isfinite(vn) & (vn < v) & jnp.all(jnp.isfinite(un))
+        return (jnp.where(ok, un, u), jnp.where(ok, vn, v), jnp.where(ok, lam * 0.2, lam * 10.0))
+
+    v0 = f(u0)
+    v0 = jnp.where(jnp.isfinite(v0), v0, jnp.inf)
+    u, v, _ = jax.lax.fori_loop(0, iters, body, (u0, v0, jnp.asarray(1.0, u0.dtype)))
+    return u, v
 
 
 @functools.lru_cache(maxsize=64)
@@ -536,7 +558,7 @@ def _map_program(spec: _Spec, iters: int) -> Callable[..., Any]:
 
     def run(u0_MxK: Any, lx: Any, log_y: Any, prior_args: Any, centers: Any) -> Any:
         f = lambda u: _potential(spec, u, lx, log_y, prior_args, centers)
-        u_MxK, v_M = jax.vmap(lambda u0: _lbfgs(f, u0, iters))(u0_MxK)
+        u_MxK, v_M = jax.vmap(lambda u0: _newton(f, u0, iters))(u0_MxK)
         best = jax.numpy.argmin(v_M)
         u = u_MxK[best]
         return u, v_M[best], jax.hessian(f)(u), v_M
@@ -786,7 +808,7 @@ def _laplace(
     y: np.ndarray,
     seed: int,
     starts: int = 24,
-    iters: int = 200,
+    iters: int = 60,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Mode and covariance of the posterior in the unconstrained space (multi-start L-BFGS)."""
     import jax.numpy as jnp
@@ -1084,20 +1106,16 @@ def _q(v: np.ndarray, qs: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95)) -> di
     }
 
 
-def compute_optimal(res: FitResult, C: float | Sequence[float]) -> dict[str, np.ndarray]:
-    """Chinchilla allocation per draw (Hoffmann 2022 App. D): a, b, G, N_opt, D_opt, D/N at C.
+def chinchilla_allocation(
+    alpha: Any, beta: Any, A: Any, B: Any, C: float | Sequence[float]
+) -> dict[str, np.ndarray]:
+    """Compute-optimal allocation (Hoffmann 2022 App. D) for given parameters (arrays broadcast).
 
     a = beta/(alpha+beta), b = alpha/(alpha+beta), G = (alpha A/(beta B))^(1/(alpha+beta)),
-    N_opt = G (C/6)^a, D_opt = G^-1 (C/6)^b. Arrays are (draws,) or (draws, len(C)).
+    N_opt = G (C/6)^a, D_opt = G^-1 (C/6)^b, tokens_per_param = D_opt / N_opt.
     """
-    need = {"alpha", "beta", "log_A", "log_B"}
-    if not need <= set(res.samples) or set(get_form(res.form).inputs) != {"N", "D"}:
-        raise ValueError(
-            f"compute_optimal needs a Chinchilla-type fit (params {sorted(need)} over N, D); "
-            f"form {res.form!r} has {sorted(res.samples)}"
-        )
-    al, be = res.flat("alpha"), res.flat("beta")
-    la, lb = res.flat("log_A"), res.flat("log_B")
+    al, be = np.atleast_1d(np.asarray(alpha, np.float64)), np.atleast_1d(np.asarray(beta, float))
+    la, lb = np.log(np.atleast_1d(np.asarray(A, np.float64))), np.log(np.atleast_1d(B))
     a, b = be / (al + be), al / (al + be)
     log_G = (np.log(al) + la - np.log(be) - lb) / (al + be)
     lc = np.log(np.atleast_1d(np.asarray(C, np.float64)) / 6.0)
@@ -1112,6 +1130,40 @@ def compute_optimal(res: FitResult, C: float | Sequence[float]) -> dict[str, np.
         "D_opt": sq(np.exp(log_D)),
         "tokens_per_param": sq(np.exp(log_D - log_N)),
     }
+
+
+def compute_optimal(res: FitResult, C: float | Sequence[float]) -> dict[str, np.ndarray]:
+    """Per-draw Chinchilla allocation of a fit at compute C (see chinchilla_allocation)."""
+    need = {"alpha", "beta", "log_A", "log_B"}
+    if not need <= set(res.samples) or set(get_form(res.form).inputs) != {"N", "D"}:
+        raise ValueError(
+            f"compute_optimal needs a Chinchilla-type fit (params {sorted(need)} over N, D); "
+            f"form {res.form!r} has {sorted(res.samples)}"
+        )
+    return chinchilla_allocation(
+        res.flat("alpha"), res.flat("beta"), np.exp(res.flat("log_A")), np.exp(res.flat("log_B")), C
+    )
+
+
+def compare_published(res: FitResult, C: float = 5.76e23) -> Any:
+    """Posterior median [5%, 95%] beside Hoffmann 2022 and Besiroglu 2024 Chinchilla fits."""
+    import pandas as pd
+
+    pubs = {
+        "Hoffmann 2022": dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28),
+        "Besiroglu 2024": dict(E=1.817, A=482.0, B=2085.4, alpha=0.348, beta=0.366),
+    }
+    opt = compute_optimal(res, C)
+    rows = {}
+    for k in ("E", "A", "B", "alpha", "beta", "a", "tokens_per_param"):
+        v = opt[k] if k in opt else res.flat(k)
+        q5, q50, q95 = np.quantile(v, [0.05, 0.5, 0.95])
+        row = {f"{res.method} median": q50, "5%": q5, "95%": q95}
+        for name, p in pubs.items():
+            al = chinchilla_allocation(p["alpha"], p["beta"], p["A"], p["B"], C)
+            row[name] = p[k] if k in p else float(al[k][0])
+        rows[k] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def optimal_summary(res: FitResult, C: float) -> dict[str, dict[str, float]]:
@@ -1436,6 +1488,8 @@ __all__ = [
     "fit_huber",
     "compute_optimal",
     "optimal_summary",
+    "chinchilla_allocation",
+    "compare_published",
     "predict",
     "compare",
     "save_result",
@@ -1447,4 +1501,3 @@ __all__ = [
     "KAPLAN_NS",
     "NOISE_PRIOR",
 ]
-_ = dataclasses  # dataclasses.replace is handy for users deriving forms
