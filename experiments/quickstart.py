@@ -3,10 +3,15 @@
     jaxscale sweep run experiments/quickstart.py            # ~5 min on a 2-core CPU
     jaxscale frontier results/quickstart                    # envelope, N_opt(C), plots
 
-3 compute budgets (kaplan_attn FLOPs) × 4 model sizes (25k–0.8M non-embedding params, context
-128, batch 8); each run trains for the tokens that spend its budget exactly (up to step
-rounding, under 2%). The `tiny` setting (2 budgets × 3 sizes, context 64) finishes in well
-under a minute and is what the test suite runs:
+3 compute budgets (3e10, 1e11, 3e11 kaplan_attn FLOPs) × 4 model sizes each, 3k–100k
+non-embedding parameters (7k–120k in total), context 128, batch 4 sequences. Each run trains
+for the tokens that spend its budget exactly, up to step rounding (under 0.3% here;
+`jaxscale sweep status` shows it). At these budgets byte-level models are compute-optimal
+near 1e4 parameters, so each profile's sizes bracket that: profiles of 50k–1M-parameter
+models were all still falling towards their smallest size, leaving only extrapolated vertices.
+
+The `tiny` setting (2 budgets × 3 sizes, context 64) runs in well under a minute on an idle
+machine and is what the test suite runs:
 
     jaxscale sweep run experiments/quickstart.py --setting tiny   # -> results/quickstart-tiny
 """
@@ -24,9 +29,9 @@ CONVENTION = "kaplan_attn"
 # Each profile is centred on where its optimum is expected (Hoffmann 2022 chose sizes per
 # budget too): a sweep of 0.5–1.5 decades in N around it, so both sides of the valley show.
 BUDGETS = {
-    3e10: [(32, 1), (32, 2), (48, 2), (64, 2)],
-    1e11: [(32, 2), (48, 2), (64, 2), (96, 3)],
-    3e11: [(48, 2), (64, 2), (96, 3), (128, 4)],
+    3e10: [(16, 1), (16, 2), (32, 1), (32, 2)],
+    1e11: [(16, 2), (32, 1), (32, 2), (48, 2)],
+    3e11: [(32, 1), (32, 2), (48, 2), (64, 2)],
 }
 TINY_BUDGETS = {
     1e9: [(16, 1), (32, 1), (32, 2)],
@@ -41,8 +46,8 @@ def runs(setting: str = "default") -> list[RunConfig]:
         model=ModelConfig(context_length=64 if tiny else 128, vocab_size=257),
         data=DataConfig(corpus="stdlib", tokenizer="byte", max_bytes=8_000_000),
         train=TrainConfig(
-            batch_size=4 if tiny else 8,
-            lr=3e-3 if tiny else 2e-3,
+            batch_size=4,
+            lr=3e-3,
             warmup_steps=10,
             eval_batches=4 if tiny else 8,
             checkpoint_every=100 if tiny else 200,
