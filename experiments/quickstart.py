@@ -10,7 +10,7 @@ for the tokens that spend its budget exactly, up to step rounding (under 0.3% he
 near 1e4 parameters, so each profile's sizes bracket that: profiles of 50k–1M-parameter
 models were all still falling towards their smallest size, leaving only extrapolated vertices.
 
-The `tiny` setting (2 budgets × 3 sizes, context 64) runs in well under a minute on an idle
+The `tiny` setting (3 budgets × 3 sizes, context 64) runs in about a minute on an idle
 machine and is what the test suite runs:
 
     jaxscale sweep run experiments/quickstart.py --setting tiny   # -> results/quickstart-tiny
@@ -33,7 +33,9 @@ BUDGETS = {
     1e11: [(16, 2), (32, 1), (32, 2), (48, 2)],
     3e11: [(32, 1), (32, 2), (48, 2), (64, 2)],
 }
+# Three budgets x three sizes: nine runs, enough points for the 5-parameter L(N, D) fit.
 TINY_BUDGETS = {
+    5e8: [(16, 1), (32, 1), (32, 2)],
     1e9: [(16, 1), (32, 1), (32, 2)],
     3e9: [(16, 1), (32, 1), (32, 2)],
 }

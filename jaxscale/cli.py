@@ -97,7 +97,9 @@ def config_from_args(args: argparse.Namespace, extra: Sequence[str]) -> RunConfi
     overrides = list(args.set)
     for item in extra:
         if not item.startswith("--") or "=" not in item:
-            raise ConfigError(f"unrecognised argument {item!r}; overrides look like --train.lr=1e-3")
+            raise ConfigError(
+                f"unrecognised argument {item!r}; overrides look like --train.lr=1e-3"
+            )
         overrides.append(item[2:])
     cfg = load_config(args.config)
     if args.width or args.depth:

@@ -295,9 +295,7 @@ class MeshConfig:
                 n = int(val)
             except ValueError:
                 raise ConfigError(f"MeshConfig.spec: {name}={val!r} is not an integer") from None
-            _require(
-                n == -1 or n > 0, "MeshConfig.spec", f"{name}={n}: sizes are positive or -1"
-            )
+            _require(n == -1 or n > 0, "MeshConfig.spec", f"{name}={n}: sizes are positive or -1")
             out[name] = n
         _require(
             sum(v == -1 for v in out.values()) <= 1,
@@ -427,9 +425,13 @@ def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
             if key == "name":
                 d["name"] = value
                 continue
-            owners = [s for s, c in _SECTIONS.items() if key in {f.name for f in dataclasses.fields(c)}]
+            owners = [
+                s for s, c in _SECTIONS.items() if key in {f.name for f in dataclasses.fields(c)}
+            ]
             if len(owners) != 1:
-                every = [f"{s}.{f.name}" for s, c in _SECTIONS.items() for f in dataclasses.fields(c)]
+                every = [
+                    f"{s}.{f.name}" for s, c in _SECTIONS.items() for f in dataclasses.fields(c)
+                ]
                 if owners:
                     raise ConfigError(
                         f"override {key!r} is ambiguous; write one of {[f'{o}.{key}' for o in owners]}"

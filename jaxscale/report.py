@@ -179,7 +179,9 @@ def build_report(
             warnings.warn(f"report section {name!r} failed: {e}", stacklevel=2)
             msg = "".join(traceback.format_exception_only(type(e), e)).strip()
             built.append(
-                Section(name.title(), f"<div class='err'>{html.escape(msg)}</div>", [f"{name}: {msg}"])
+                Section(
+                    name.title(), f"<div class='err'>{html.escape(msg)}</div>", [f"{name}: {msg}"]
+                )
             )
     stamp = time.strftime("%Y-%m-%d %H:%M")
     page = (

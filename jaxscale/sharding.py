@@ -43,12 +43,12 @@ def logical_to_spec(names: Sequence[str | None], mesh: Mesh | None = None) -> Pa
         if name not in RULES:
             raise ConfigError(f"logical axis {name!r} has no sharding rule; add it to RULES")
         mesh_axes = [
-            a
-            for a in RULES[name]
-            if a not in used and (mesh is None or mesh.shape.get(a, 1) > 1)
+            a for a in RULES[name] if a not in used and (mesh is None or mesh.shape.get(a, 1) > 1)
         ]
         used.update(mesh_axes)
-        out.append(tuple(mesh_axes) if len(mesh_axes) > 1 else (mesh_axes[0] if mesh_axes else None))
+        out.append(
+            tuple(mesh_axes) if len(mesh_axes) > 1 else (mesh_axes[0] if mesh_axes else None)
+        )
     return PartitionSpec(*out)
 
 

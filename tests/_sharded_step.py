@@ -43,15 +43,22 @@ def main():
     for spec in sys.argv[1:]:
         got = one_step(cfg, shd.make_mesh(spec), batch_np)
         gdiff = max(
-            float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(ref[1]), jax.tree.leaves(got[1]))
+            float(np.max(np.abs(a - b)))
+            for a, b in zip(jax.tree.leaves(ref[1]), jax.tree.leaves(got[1]))
         )
         pdiff = max(
-            float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(ref[2]), jax.tree.leaves(got[2]))
+            float(np.max(np.abs(a - b)))
+            for a, b in zip(jax.tree.leaves(ref[2]), jax.tree.leaves(got[2]))
         )
         gmax = max(float(np.max(np.abs(a))) for a in jax.tree.leaves(ref[1]))
-        out[spec] = {"loss_diff": abs(ref[0] - got[0]), "grad_diff": gdiff, "grad_max": gmax,
-                     "param_diff": pdiff, "loss": got[0],
-                     "step_loss_diff": abs(float(ref[3]["loss"]) - float(got[3]["loss"]))}
+        out[spec] = {
+            "loss_diff": abs(ref[0] - got[0]),
+            "grad_diff": gdiff,
+            "grad_max": gmax,
+            "param_diff": pdiff,
+            "loss": got[0],
+            "step_loss_diff": abs(float(ref[3]["loss"]) - float(got[3]["loss"])),
+        }
     print(json.dumps(out))
 
 

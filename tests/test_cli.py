@@ -8,9 +8,18 @@ import pytest
 
 from jaxscale import cli
 
-TINY = ["--model.d_model=32", "--model.n_heads=2", "--model.d_ff=64", "--model.n_layers=1",
-        "--model.context_length=16", "--train.steps=2", "--train.batch_size=4",
-        "--train.warmup_steps=0", "--data.max_bytes=200000", "--no-progress"]
+TINY = [
+    "--model.d_model=32",
+    "--model.n_heads=2",
+    "--model.d_ff=64",
+    "--model.n_layers=1",
+    "--model.context_length=16",
+    "--train.steps=2",
+    "--train.batch_size=4",
+    "--train.warmup_steps=0",
+    "--data.max_bytes=200000",
+    "--no-progress",
+]
 
 
 def _run(capsys, argv):
@@ -44,7 +53,8 @@ def test_invalid_configs_give_one_line(capsys, argv, needle):
 
 def test_missing_corpus(capsys, tmp_path):
     code, err = _run(
-        capsys, ["train", *TINY, f"--data.corpus={tmp_path}/nothing/*.txt", f"--run-dir={tmp_path}/r"]
+        capsys,
+        ["train", *TINY, f"--data.corpus={tmp_path}/nothing/*.txt", f"--run-dir={tmp_path}/r"],
     )
     assert code == 2 and "nothing" in err and len(err.splitlines()) == 1
 
@@ -70,8 +80,17 @@ def test_token_file_size_not_multiple_of_dtype(capsys, tmp_path):
 
 def test_mesh_that_does_not_divide_model(capsys, tmp_path):
     # One device: tensor=1 always divides; ask for a batch the mesh cannot split instead.
-    code, err = _run(capsys, ["train", *TINY, "--mesh.spec=data=1", "--train.batch_size=4",
-                              "--train.grad_accum=8", f"--run-dir={tmp_path}/r"])
+    code, err = _run(
+        capsys,
+        [
+            "train",
+            *TINY,
+            "--mesh.spec=data=1",
+            "--train.batch_size=4",
+            "--train.grad_accum=8",
+            f"--run-dir={tmp_path}/r",
+        ],
+    )
     assert code == 2 and "grad_accum" in err
 
 
@@ -105,4 +124,7 @@ def test_train_cli_end_to_end(capsys, tmp_path):
     code = cli.main(["train", *TINY, f"--run-dir={tmp_path}/r"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "Final validation loss" in " ".join(out.split()) and (tmp_path / "r" / "summary.json").exists()
+    assert (
+        "Final validation loss" in " ".join(out.split())
+        and (tmp_path / "r" / "summary.json").exists()
+    )

@@ -10,7 +10,9 @@ from jaxscale import model
 from jaxscale.config import ConfigError, ModelConfig, RunConfig, apply_overrides, load_config
 
 
-def _closed_form_params(d, L, ff, V, *, swiglu=False, layernorm=False, tied=True, learned=False, T=0):
+def _closed_form_params(
+    d, L, ff, V, *, swiglu=False, layernorm=False, tied=True, learned=False, T=0
+):
     """Hand-written count: 4d^2 attention + (2|3)·d·ff MLP + norms per layer (Kaplan 2020 §2.1)."""
     norm = 2 * d if layernorm else d
     per_layer = 4 * d * d + (3 if swiglu else 2) * d * ff + 2 * norm
@@ -82,7 +84,9 @@ def test_scan_equals_unrolled():
 
 
 def test_every_param_has_logical_axes():
-    cfg = ModelConfig.from_width_depth(64, 2, head_dim=32, activation="swiglu", tie_embeddings=False)
+    cfg = ModelConfig.from_width_depth(
+        64, 2, head_dim=32, activation="swiglu", tie_embeddings=False
+    )
     _, st = jax.eval_shape(lambda: model.init_state(cfg, 0))
     names = jax.tree.leaves(model.logical_axes(st), is_leaf=lambda x: isinstance(x, tuple))
     shapes = jax.tree.leaves(nnx.to_pure_dict(st))
@@ -135,7 +139,9 @@ def test_run_id_stable_and_sensitive():
 
 
 def test_bf16_compute_runs():
-    cfg = ModelConfig.from_width_depth(64, 1, head_dim=32, compute_dtype="bfloat16", context_length=8)
+    cfg = ModelConfig.from_width_depth(
+        64, 1, head_dim=32, compute_dtype="bfloat16", context_length=8
+    )
     gd, st = model.init_state(cfg, 0)
     out = nnx.merge(gd, st)(jnp.zeros((1, 8), jnp.int32))
     assert out.dtype == jnp.float32 and np.isfinite(np.asarray(out)).all()

@@ -5,40 +5,17 @@ The real batch sweep inside it is opt-in (JAXSCALE_NB03_TRAIN=1); the slow test 
 
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
-NB = Path(__file__).resolve().parents[1] / "notebooks" / "03_critical_batch.ipynb"
+sys.path.insert(0, str(Path(__file__).parent))
+from _notebook import execute  # noqa: E402
 
 
 def _execute(env: dict[str, str]) -> str:
-    nb = nbformat.read(NB, as_version=4)
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits this process's environment
-    try:
-        client = NotebookClient(
-            nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NB.parent)}}
-        )
-        client.execute()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    errors = [
-        o
-        for c in nb.cells
-        if c.cell_type == "code"
-        for o in c.get("outputs", [])
-        if o.get("output_type") == "error"
-    ]
-    assert not errors, errors
-    return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    return execute("03_critical_batch.ipynb", env)
 
 
 def test_notebook_03_executes_and_recovers_planted_b_crit():

@@ -43,12 +43,25 @@ def _overrides(cfg: RunConfig) -> list[str]:
 
 
 def _cli(cfg, run_dir, **kw):
-    cmd = [sys.executable, "-m", "jaxscale.cli", "train", "--no-progress", "--run-dir", str(run_dir)]
-    return subprocess.Popen(cmd + _overrides(cfg), stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxscale.cli",
+        "train",
+        "--no-progress",
+        "--run-dir",
+        str(run_dir),
+    ]
+    return subprocess.Popen(
+        cmd + _overrides(cfg), stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw
+    )
 
 
 def _losses(run_dir):
-    return [(r["step"], r["loss"], r.get("eval_loss")) for r in store.read_jsonl(run_dir / "metrics.jsonl")]
+    return [
+        (r["step"], r["loss"], r.get("eval_loss"))
+        for r in store.read_jsonl(run_dir / "metrics.jsonl")
+    ]
 
 
 def test_learns_well_below_unigram_entropy(tmp_path):
