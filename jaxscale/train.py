@@ -31,6 +31,17 @@ from jaxscale.config import ConfigError, ModelConfig, RunConfig, TrainConfig
 State = dict[str, Any]
 
 
+def enable_compilation_cache(path: str | Path, min_compile_time_s: float = 0.5) -> Path:
+    """Use JAX's persistent compilation cache in `path`, so every run of a sweep that repeats a
+    shape (and every rerun of the sweep) loads the compiled step instead of recompiling it."""
+    path = Path(path).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time_s)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
 def relative_schedule(tc: TrainConfig) -> optax.Schedule:
     """LR multiplier in [0, 1] per step: linear warmup, then cosine / constant / WSD decay."""
     w, n, floor = tc.warmup_steps, tc.steps, tc.min_lr_ratio
@@ -145,8 +156,7 @@ def build_eval(cfg: RunConfig, graphdef, abstract):
 def _opt_shardings(opt_abstract, params_sh: dict, replicated):
     """Shard optimizer leaves like the parameter whose key path they end with."""
     by_path = {
-        tuple(str(k) for k in p): s
-        for p, s in jax.tree_util.tree_flatten_with_path(params_sh)[0]
+        tuple(str(k) for k in p): s for p, s in jax.tree_util.tree_flatten_with_path(params_sh)[0]
     }
 
     def one(path, leaf):
@@ -322,7 +332,7 @@ def train(
     run_dir = Path(run_dir)
     _check_writable(run_dir)
     shd.maybe_initialize_distributed(cfg.mesh)
-    tc, mc = cfg.train, cfg.model
+    mc = cfg.model
     corpus = corpus if corpus is not None else data_lib.load_corpus(cfg.data)
     if corpus.vocab_size > mc.vocab_size:
         raise ConfigError(
@@ -376,7 +386,8 @@ def _train_loop(cfg, s: Setup, run_dir: Path, corpus, progress: bool, is_main: b
         shard_index=pi,
         num_shards=pc,
     )
-    gns = NoiseScaleEMA(tc.batch_size // tc.grad_accum, tc.batch_size, tc.gns_ema) if tc.gns else None
+    micro = tc.batch_size // tc.grad_accum
+    gns = NoiseScaleEMA(micro, tc.batch_size, tc.gns_ema) if tc.gns else None
     bar = _progress_bar(progress, start, tc.steps, cfg.name)
     rows: list[dict] = []
     pending: list[tuple[int, dict]] = []
