@@ -520,7 +520,7 @@ def _lbfgs(f: Callable[[Any], Any], u0: Any, iters: int, rtol: float = 1e-7) -> 
         u, s, i, _, _ = c
         v, g = vg(u, state=s)
         upd, s = opt.update(g, s, u, value=v, grad=g, value_fn=f)
-        gn = optax.tree_utils.tree_l2_norm(g)
+        gn = optax.tree_utils.tree_norm(g)
         return optax.apply_updates(u, upd), s, i + 1, jnp.where(jnp.isfinite(gn), gn, 0.0), v
 
     big, zero = jnp.asarray(jnp.inf, u0.dtype), jnp.asarray(0.0, u0.dtype)
