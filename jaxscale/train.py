@@ -269,7 +269,8 @@ def _checkpoint_manager(run_dir: Path, tc: TrainConfig):
     opts = ocp.CheckpointManagerOptions(
         max_to_keep=tc.keep_checkpoints, create=True, enable_async_checkpointing=True
     )
-    return ocp.CheckpointManager(run_dir / "checkpoints", options=opts)
+    # orbax needs an absolute path (relative ones fail inside its OCDBT layer).
+    return ocp.CheckpointManager((run_dir / "checkpoints").absolute(), options=opts)
 
 
 def _restore_latest(
