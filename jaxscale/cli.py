@@ -140,7 +140,10 @@ def _cmd_study(args: argparse.Namespace, extra: Sequence[str]) -> int:
     conv = args.convention or study.convention
     results = args.results or str(study.default_results(args.setting))
     print(f"jaxscale study {study.name} [{args.setting}]: {len(runs)} runs -> {results}")
-    rep = sweep.run_sweep(runs, results, progress=not args.no_progress, convention=conv)
+    # A failed run (an exception, not divergence) is retried: rerunning a study is the fix.
+    rep = sweep.run_sweep(
+        runs, results, progress=not args.no_progress, convention=conv, retry_failed=True
+    )
     print(
         f"sweep: {rep.done} done, {rep.diverged} diverged, {rep.failed} failed of {rep.total}; "
         f"C spent {rep.flops_spent:.3g} of {rep.flops_planned:.3g} FLOPs ({conv})"

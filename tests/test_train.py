@@ -160,3 +160,9 @@ def test_unwritable_run_dir_fails_before_training(tmp_path):
         target = ro / "run"
     with pytest.raises(ValueError, match="not writable"):
         train.train(_cfg(steps=5), target, progress=False)
+
+
+def test_relative_run_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = train.train(_cfg(steps=12), Path("rel") / "run", progress=False)
+    assert s["status"] == "done" and (tmp_path / "rel" / "run" / "checkpoints" / "12").is_dir()
