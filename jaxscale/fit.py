@@ -435,11 +435,15 @@ def load_fit_data(source: Any, *, flops_convention: str | None = None) -> Any:
 
     runs, _ = results.load(path)
     if "status" in runs:
-        div = runs["status"] == "diverged"
-        if div.any():
-            warnings.warn(f"excluding {int(div.sum())} diverged run(s) from the fit", stacklevel=2)
-            print(f"warning: excluding {int(div.sum())} diverged run(s) from the fit")
-        runs = runs[~div]
+        # Only finished runs are points on a scaling law; diverged, failed, preempted and
+        # incomplete runs are left out, loudly.
+        bad = runs["status"] != "done"
+        if bad.any():
+            kinds = ", ".join(f"{n} {k}" for k, n in runs.loc[bad, "status"].value_counts().items())
+            msg = f"excluding {int(bad.sum())} unfinished run(s) from the fit ({kinds})"
+            warnings.warn(msg, stacklevel=2)
+            print(f"warning: {msg}")
+        runs = runs[~bad]
     flops_cols = [c for c in runs.columns if c.startswith("flops_")]
     if flops_convention is None and len(flops_cols) > 1:
         raise ValueError(
