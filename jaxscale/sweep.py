@@ -13,6 +13,7 @@ two terminals) can share one results directory on a POSIX filesystem.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import math
@@ -32,6 +33,7 @@ from jaxscale.config import ConfigError, ModelConfig, RunConfig
 DEFAULT_CONVENTION = "kaplan_attn"
 TERMINAL = ("done", "diverged", "failed")
 TrainFn = Callable[..., dict]
+GroupFn = Callable[..., list[dict]]
 
 
 # --- model and schedule builders ------------------------------------------------------------
@@ -399,13 +401,28 @@ def load_study(study: str | Path) -> Study:
 # --- scheduling -------------------------------------------------------------------------------
 
 
-def plan(runs: Sequence[RunConfig]) -> list[list[RunConfig]]:
-    """Groups of runs to train together, in study order.
+MAX_GROUP = 8
 
-    Groups have size 1 for now; compatible runs (same model shape and step count, differing only
-    in seed, lr or data order) are what a vmapped K-at-a-time trainer would batch here later.
-    """
-    return [[r] for r in _dedupe(runs)]
+
+def _group_key(cfg: RunConfig) -> tuple:
+    """What must match for runs to share one vmapped step (see multi.compatible)."""
+    tc = dataclasses.replace(cfg.train, seed=0, lr=1.0)
+    return (cfg.model, cfg.data, tc, cfg.mesh)
+
+
+def plan(runs: Sequence[RunConfig], max_group: int = MAX_GROUP) -> list[list[RunConfig]]:
+    """Groups of runs to train together, in study order: runs identical but for train.seed and
+    train.lr (LR grids, seed replicates) share one vmapped step (multi.train_group), up to
+    max_group per group; everything else is a group of one."""
+    groups: dict[tuple, list[list[RunConfig]]] = {}
+    order: list[list[RunConfig]] = []
+    for r in _dedupe(runs):
+        chunks = groups.setdefault(_group_key(r), [])
+        if not chunks or len(chunks[-1]) >= max_group:
+            chunks.append([])
+            order.append(chunks[-1])
+        chunks[-1].append(r)
+    return order
 
 
 def task_slice(
@@ -540,13 +557,16 @@ def run_sweep(
     progress: bool = True,
     convention: str = DEFAULT_CONVENTION,
     log: Callable[[str], None] | None = None,
+    group: bool = True,
 ) -> SweepReport:
     """Train every pending run of this task's slice into <results>/<run_id>/.
 
     Finished runs (done/diverged, and failed unless retry_failed) are skipped; interrupted ones
     resume from their checkpoints (train_fn does that); runs locked by a live worker are left to
     it. An exception inside a run marks it failed (summary.json with the error) and the sweep
-    goes on. `train_fn(cfg, run_dir, progress=...) -> summary` defaults to jaxscale.train.train.
+    goes on. `train_fn(cfg, run_dir, progress=...) -> summary` defaults to jaxscale.train.train;
+    with the default trainer, compatible pending runs (see `plan`) are trained K at a time in one
+    vmapped step (multi.train_group) unless group=False.
     """
     from tqdm.auto import tqdm
 
@@ -558,9 +578,14 @@ def run_sweep(
         )
     results.mkdir(parents=True, exist_ok=True)
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    group_fn: GroupFn | None = None
     if train_fn is None:
         enable_compilation_cache(results)
         train_fn = _RealTrainer()
+        if group:
+            from jaxscale import multi
+
+            group_fn = multi.train_group
     groups = task_slice(plan(runs), task_index, num_tasks, convention)
     mine = [r for g in groups for r in g]
     rep = SweepReport(total=len(mine))
@@ -584,22 +609,30 @@ def run_sweep(
 
     try:
         elsewhere: list[RunConfig] = []
-        for cfg in mine:
-            st = run_state(results, cfg, lock_timeout=lock_timeout)
-            if st["state"] in terminal:
-                account(cfg, st["summary"])
-                refresh(len(elsewhere))
+        for group in groups:
+            pending = []
+            for cfg in group:
+                st = run_state(results, cfg, lock_timeout=lock_timeout)
+                if st["state"] in terminal:
+                    account(cfg, st["summary"])
+                    refresh(len(elsewhere))
+                else:
+                    pending.append(cfg)
+            if not pending:
                 continue
-            refresh(len(elsewhere) + 1)
-            status = _run_one(cfg, results, train_fn, rep, lock_timeout, heartbeat_s, log)
-            if status == "locked":
-                elsewhere.append(cfg)
-            else:
-                account(cfg, store.read_json(results / cfg.run_id() / "summary.json"))
+            refresh(len(elsewhere) + len(pending))
+            statuses = _run_group(
+                pending, results, train_fn, group_fn, rep, lock_timeout, heartbeat_s, log
+            )
+            for cfg, status in zip(pending, statuses):
+                if status == "locked":
+                    elsewhere.append(cfg)
+                else:
+                    account(cfg, store.read_json(results / cfg.run_id() / "summary.json"))
             refresh(len(elsewhere))
-            if status == "preempted":
+            if "preempted" in statuses:
                 rep.preempted = True
-                log(f"preempted during {cfg.name}; rerun the same command to resume")
+                log("preempted; rerun the same command to resume")
                 break
         rep.running_elsewhere = len(elsewhere)
         if elsewhere and not rep.preempted:
@@ -612,38 +645,70 @@ def run_sweep(
     return rep
 
 
-def _run_one(
-    cfg: RunConfig,
+def _record_failure(cfg: RunConfig, run_dir: Path, err: Exception, log) -> dict:
+    """Mark a run failed (summary + traceback) unless it had already finished."""
+    done = store.read_json(run_dir / "summary.json")
+    if done is not None and done.get("status") in ("done", "diverged"):
+        return done
+    summary = _failed_summary(cfg, err)
+    (run_dir / "error.txt").write_text(traceback.format_exc())
+    store.write_json_atomic(run_dir / "summary.json", summary)
+    log(f"run {cfg.run_id()} ({cfg.name}) failed: {summary['error']}")
+    return summary
+
+
+def _run_group(
+    cfgs: Sequence[RunConfig],
     results: Path,
     train_fn: TrainFn,
+    group_fn: GroupFn | None,
     rep: SweepReport,
     lock_timeout: float,
     heartbeat_s: float,
     log: Callable[[str], None],
-) -> str:
-    """Train one run under its lock; returns its final status or 'locked'."""
-    run_dir = results / cfg.run_id()
-    lock = store.RunLock.acquire(run_dir, timeout=lock_timeout, heartbeat_s=heartbeat_s)
-    if lock is None:
-        return "locked"
-    with lock:
-        # Re-check under the lock: another worker may have finished it since we looked.
-        summary = store.read_json(run_dir / "summary.json")
-        if summary is not None and summary.get("status") in ("done", "diverged"):
-            return summary["status"]
-        store.write_json_atomic(run_dir / "config.json", {**cfg.to_dict(), "run_id": cfg.run_id()})
-        try:
-            summary = train_fn(cfg, run_dir, progress=False)
-        except Exception as e:  # a broken run must not stop the sweep
-            summary = _failed_summary(cfg, e)
-            (run_dir / "error.txt").write_text(traceback.format_exc())
-            store.write_json_atomic(run_dir / "summary.json", summary)
-            log(f"run {cfg.run_id()} ({cfg.name}) failed: {summary['error']}")
-        rep.trained.append(cfg.run_id())
-        status = (summary or {}).get("status", "done")
-        if status == "diverged":
-            log(f"run {cfg.run_id()} ({cfg.name}) diverged; kept, sweep continues")
-        return status
+) -> list[str]:
+    """Train runs under their locks, together when a group trainer is given; returns each
+    run's final status, or 'locked' for runs another worker holds."""
+    statuses = ["locked"] * len(cfgs)
+    mine: list[int] = []
+    with contextlib.ExitStack() as stack:
+        for i, cfg in enumerate(cfgs):
+            run_dir = results / cfg.run_id()
+            lock = store.RunLock.acquire(run_dir, timeout=lock_timeout, heartbeat_s=heartbeat_s)
+            if lock is None:
+                continue
+            stack.enter_context(lock)
+            # Re-check under the lock: another worker may have finished it since we looked.
+            summary = store.read_json(run_dir / "summary.json")
+            if summary is not None and summary.get("status") in ("done", "diverged"):
+                statuses[i] = summary["status"]
+                continue
+            store.write_json_atomic(
+                run_dir / "config.json", {**cfg.to_dict(), "run_id": cfg.run_id()}
+            )
+            mine.append(i)
+        if not mine:
+            return statuses
+        todo = [cfgs[i] for i in mine]
+        dirs = [results / c.run_id() for c in todo]
+        if group_fn is not None and len(todo) > 1:
+            try:
+                summaries = group_fn(todo, dirs, progress=False)
+            except Exception as e:  # a broken group must not stop the sweep
+                summaries = [_record_failure(c, d, e, log) for c, d in zip(todo, dirs)]
+        else:
+            summaries = []
+            for c, d in zip(todo, dirs):
+                try:
+                    summaries.append(train_fn(c, d, progress=False))
+                except Exception as e:  # a broken run must not stop the sweep
+                    summaries.append(_record_failure(c, d, e, log))
+        for i, c, summary in zip(mine, todo, summaries):
+            rep.trained.append(c.run_id())
+            statuses[i] = (summary or {}).get("status", "done")
+            if statuses[i] == "diverged":
+                log(f"run {c.run_id()} ({c.name}) diverged; kept, sweep continues")
+    return statuses
 
 
 # --- status table -----------------------------------------------------------------------------
@@ -749,6 +814,11 @@ def add_sweep_parser(subparsers: Any) -> None:
                 help="number of slices (Slurm: $SLURM_ARRAY_TASK_COUNT; a pod: host count)",
             )
             q.add_argument("--retry-failed", action="store_true", help="rerun failed runs")
+            q.add_argument(
+                "--no-group",
+                action="store_true",
+                help="train runs one by one instead of K compatible runs per vmapped step",
+            )
             q.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -782,6 +852,7 @@ def run_sweep_cli(args: Any) -> int:
             lock_timeout=args.lock_timeout,
             progress=not args.no_progress,
             convention=conv,
+            group=not args.no_group,
         )
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
