@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--setting", default="default", help="study setting, e.g. tiny")
     q.add_argument("--results", help="results directory (default results/<study>)")
     q.add_argument("--convention", help="FLOP convention for C (default: the study's)")
-    q.add_argument("--fit-draws", type=int, default=500, help="NUTS warmup and draws per chain")
+    q.add_argument("--fit-draws", type=int, default=1000, help="NUTS warmup and draws per chain")
     q.add_argument("--no-report", action="store_true", help="only run the sweep")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
     q.set_defaults(func=_cmd_study)

@@ -143,8 +143,8 @@ def build_report(
     out: str | Path | None = None,
     *,
     convention: str = "kaplan_attn",
-    fit_draws: int = 500,
-    fit_warmup: int = 500,
+    fit_draws: int = 1000,
+    fit_warmup: int = 1000,
     fit_chains: int = 4,
     seed: int = 0,
     sections: tuple[str, ...] = ("runs", "frontier", "fit"),
@@ -210,8 +210,8 @@ def add_report_parser(subparsers: Any) -> None:
     p.add_argument("results", help="results directory of a sweep")
     p.add_argument("--out", help="output directory (default <results>/report)")
     p.add_argument("--convention", default="kaplan_attn", help="FLOP convention for C")
-    p.add_argument("--fit-draws", type=int, default=500, help="NUTS draws per chain")
-    p.add_argument("--fit-warmup", type=int, default=500, help="NUTS warmup per chain")
+    p.add_argument("--fit-draws", type=int, default=1000, help="NUTS draws per chain")
+    p.add_argument("--fit-warmup", type=int, default=1000, help="NUTS warmup per chain")
     p.add_argument("--seed", type=int, default=0)
 
 
