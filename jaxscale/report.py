@@ -153,11 +153,11 @@ def build_report(
     from jaxscale import results as results_lib
 
     results = Path(results)
-    out = Path(out) if out is not None else results / "report"
-    out.mkdir(parents=True, exist_ok=True)
     dfs = results_lib.load(results)
     if not len(dfs[0]):
         raise ValueError(f"{results}: no runs found (expected <results>/<run_id>/summary.json)")
+    out = Path(out) if out is not None else results / "report"
+    out.mkdir(parents=True, exist_ok=True)
     builders = {
         "runs": lambda: runs_section(dfs[0]),
         "frontier": lambda: frontier_section(dfs, out, convention),
