@@ -22,32 +22,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from jaxscale.frontier import Parabola, fit_parabola
+
 
 @dataclass(frozen=True)
-class LRFit:
-    """Parabola loss = a u² + b u + c, u = log10 LR - x0, on the basin points of one group."""
+class LRFit(Parabola):
+    """Parabola loss = a u² + b u + c, u = log10 LR - x0, on the basin points of one group;
+    vertex and its delta-method SE come from frontier.Parabola."""
 
-    a: float
-    b: float
-    c: float
-    x0: float
-    cov: np.ndarray
-    dof: int
     lo: float  # fitted range of log10 LR
     hi: float
-
-    @property
-    def vertex(self) -> float:
-        """log10 of the optimal LR (NaN if the parabola opens downward)."""
-        return self.x0 - self.b / (2 * self.a) if self.a > 0 else math.nan
-
-    @property
-    def vertex_se(self) -> float:
-        """Delta-method SE of the vertex: ∂(-b/2a)/∂(a, b) = (b/2a², -1/2a)."""
-        if not self.a > 0 or self.dof < 1:
-            return math.nan
-        g = np.array([self.b / (2 * self.a**2), -1 / (2 * self.a), 0.0])
-        return float(math.sqrt(max(g @ self.cov @ g, 0.0)))
 
     @property
     def min_loss(self) -> float:
@@ -57,10 +41,6 @@ class LRFit:
         """Decades of LR over which the fitted loss is within (1+tol)·min (basin width)."""
         ok = self.a > 0 and self.min_loss > 0
         return 2 * math.sqrt(tol * self.min_loss / self.a) if ok else math.nan
-
-    def __call__(self, x: Any) -> np.ndarray:
-        u = np.asarray(x, float) - self.x0
-        return self.a * u**2 + self.b * u + self.c
 
 
 def fit_lr_parabola(lr: Sequence[float], loss: Sequence[float], half_window: int = 2) -> LRFit:
@@ -87,23 +67,8 @@ def fit_lr_parabola(lr: Sequence[float], loss: Sequence[float], half_window: int
 
 
 def _parabola(xs: np.ndarray, ys: np.ndarray) -> LRFit:
-    x0 = float(xs.mean())
-    X = np.stack([(xs - x0) ** 2, xs - x0, np.ones_like(xs)], axis=1)
-    beta, *_ = np.linalg.lstsq(X, ys, rcond=None)
-    dof = xs.size - 3
-    r = ys - X @ beta
-    s2 = float(r @ r / dof) if dof > 0 else math.nan
-    cov = s2 * np.linalg.pinv(X.T @ X)
-    return LRFit(
-        float(beta[0]),
-        float(beta[1]),
-        float(beta[2]),
-        x0,
-        cov,
-        dof,
-        float(xs.min()),
-        float(xs.max()),
-    )
+    p = fit_parabola(xs, ys)
+    return LRFit(p.a, p.b, p.c, p.x0, p.cov, p.dof, float(xs.min()), float(xs.max()))
 
 
 def _wls_slope(x: np.ndarray, y: np.ndarray, se: np.ndarray) -> tuple[float, float, float]:
