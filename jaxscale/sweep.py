@@ -510,14 +510,15 @@ class _RealTrainer:
 
 
 def enable_compilation_cache(results: Path) -> None:
-    """Persist compiled executables in <results>/.jax_cache so reruns skip compiles."""
+    """Persist compiled executables in <results>/.jax_cache so reruns skip compiles, unless the
+    user chose a cache already."""
     import jax
 
+    from jaxscale import train
+
     if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
-        return  # the user chose a cache already
-    jax.config.update("jax_compilation_cache_dir", str(results / ".jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        return
+    train.enable_compilation_cache(results / ".jax_cache")
 
 
 def _failed_summary(cfg: RunConfig, err: BaseException) -> dict:
