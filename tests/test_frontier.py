@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from jaxscale import frontier
+from jaxscale.sweep import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,7 +184,8 @@ def test_quickstart_tiny_end_to_end(tmp_path):
         text=True,
         timeout=120,
     )
-    assert status.returncode == 0 and "done: 6" in status.stdout, status.stdout
+    n_runs = len(load_study(ROOT / "experiments/quickstart.py").runs("tiny"))
+    assert status.returncode == 0 and f"done: {n_runs}" in status.stdout, status.stdout
     fr = subprocess.run(
         [*cli, "frontier", str(res), "--out", str(tmp_path / "fr")],
         env=env,
@@ -193,5 +195,5 @@ def test_quickstart_tiny_end_to_end(tmp_path):
     )
     assert fr.returncode == 0, fr.stderr[-3000:]
     optima = pd.read_csv(tmp_path / "fr" / "optima.csv")
-    assert len(optima) == 2 and (optima["n_runs"] == 3).all()
+    assert len(optima) == 3 and optima["n_runs"].sum() == n_runs
     assert (tmp_path / "fr" / "loss_vs_compute.png").exists()
