@@ -244,6 +244,12 @@ def _plugin(fn):
     return lambda args, extra: fn(args)
 
 
+def _cache_chosen() -> bool:
+    return bool(
+        os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get("JAXSCALE_NO_COMPILE_CACHE")
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -254,6 +260,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not getattr(args, "takes_extra", False):
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     try:
+        if not _cache_chosen():
+            from jaxscale import cache
+
+            # Compiled steps and NUTS programs are reused across invocations (~10 s per fit).
+            cache.enable_compilation_cache()
         return int(args.func(args, extra) or 0)
     except (ConfigError, ValueError, FileNotFoundError, PermissionError, OSError) as e:
         if os.environ.get("JAXSCALE_DEBUG"):

@@ -45,6 +45,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from jaxscale.cache import cache_dir
 from jaxscale.config import DataConfig
 
 FORMAT_VERSION = 1
@@ -300,12 +301,6 @@ class _Docs:
 
 
 # --------------------------------------------------------------------------- cache
-
-
-def cache_dir() -> Path:
-    """$JAXSCALE_CACHE, else ~/.cache/jaxscale."""
-    env = os.environ.get("JAXSCALE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "jaxscale"
 
 
 def _atomic_write_bytes(path: Path, blob: bytes) -> None:

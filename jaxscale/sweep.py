@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import importlib.util
 import math
-import os
 import re
 import sys
 import time
@@ -511,14 +510,11 @@ class _RealTrainer:
 
 def enable_compilation_cache(results: Path) -> None:
     """Persist compiled executables in <results>/.jax_cache so reruns skip compiles, unless the
-    user chose a cache already."""
-    import jax
+    user (or the CLI) chose a cache already."""
+    from jaxscale import cache
 
-    from jaxscale import train
-
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
-        return
-    train.enable_compilation_cache(results / ".jax_cache")
+    if not cache.user_chose_compilation_cache():
+        cache.enable_compilation_cache(results / ".jax_cache")
 
 
 def _failed_summary(cfg: RunConfig, err: BaseException) -> dict:

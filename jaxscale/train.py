@@ -26,20 +26,10 @@ from jaxscale import sharding as shd
 from jaxscale import store
 from jaxscale.axes import BATCH, LENGTH
 from jaxscale.batch import NoiseScaleEMA
+from jaxscale.cache import enable_compilation_cache  # noqa: F401 - public re-export
 from jaxscale.config import ConfigError, ModelConfig, RunConfig, TrainConfig
 
 State = dict[str, Any]
-
-
-def enable_compilation_cache(path: str | Path, min_compile_time_s: float = 0.5) -> Path:
-    """Use JAX's persistent compilation cache in `path`, so every run of a sweep that repeats a
-    shape (and every rerun of the sweep) loads the compiled step instead of recompiling it."""
-    path = Path(path).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time_s)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return path
 
 
 def relative_schedule(tc: TrainConfig) -> optax.Schedule:
