@@ -390,10 +390,11 @@ def _train_loop(cfg, s: Setup, run_dir: Path, corpus, progress: bool, is_main: b
     t_last, tok_last = time.perf_counter(), start * cfg.tokens_per_step
     t0 = time.perf_counter()
     tps = math.nan
+    diverged_at = 0
 
     def drain(keep: int) -> bool:
         """Read metrics of finished steps (a step late, so the host never stalls the device)."""
-        nonlocal last_loss, status
+        nonlocal last_loss, status, diverged_at
         while len(pending) > keep:
             step_no, m = pending.pop(0)
             m = jax.device_get(m)
@@ -414,7 +415,7 @@ def _train_loop(cfg, s: Setup, run_dir: Path, corpus, progress: bool, is_main: b
                 row["gns_b_simple_tokens"] = b * mc.context_length
             rows.append(row)
             if not math.isfinite(row["loss"]):
-                status = "diverged"
+                status, diverged_at = "diverged", step_no
                 return False
             last_loss = row["loss"]
         return True
@@ -473,7 +474,7 @@ def _train_loop(cfg, s: Setup, run_dir: Path, corpus, progress: bool, is_main: b
         bar.close()
     if status != "diverged":
         status = "preempted" if preempted else "done"
-    done = int(jax.device_get(state["step"])) if status != "diverged" else step_no
+    done = int(jax.device_get(state["step"])) if status != "diverged" else diverged_at
     wall = time.perf_counter() - t0
     tokens = done * cfg.tokens_per_step
     summary = {
@@ -490,7 +491,7 @@ def _train_loop(cfg, s: Setup, run_dir: Path, corpus, progress: bool, is_main: b
     }
     summary["mfu"] = summary["tokens_per_s"] * fpt_mfu / (peak * n_dev) if peak else math.nan
     if status == "diverged":
-        summary["error"] = f"non-finite training loss at step {step_no}"
+        summary["error"] = f"non-finite training loss at step {diverged_at}"
     if is_main:
         store.write_json_atomic(run_dir / "summary.json", summary)
     return summary

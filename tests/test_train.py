@@ -139,7 +139,9 @@ def test_divergence_is_marked_and_curve_kept(tmp_path):
     assert s["status"] == "diverged" and "non-finite" in s["error"]
     rows = store.read_jsonl(tmp_path / "d" / "metrics.jsonl")
     assert rows and not math.isfinite(rows[-1]["loss"])
-    assert s["steps"] < 200
+    assert all(math.isfinite(r["loss"]) for r in rows[:-1])
+    assert s["steps"] == rows[-1]["step"] < 200
+    assert s["error"].endswith(f"step {rows[-1]['step']}")
 
 
 def test_gns_logged_when_accumulating(tmp_path):
