@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -17,6 +18,20 @@ from typing import Any
 
 class ConfigError(ValueError):
     """A config value is invalid; the message names the field and the fix."""
+
+
+@functools.cache
+def _float_fields(cls: type) -> tuple[str, ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple(n for n, tp in hints.items() if float in (typing.get_args(tp) or (tp,)))
+
+
+def _normalise(obj: Any) -> None:
+    """Store ints given for float fields as floats, so equal configs get equal run IDs."""
+    for n in _float_fields(type(obj)):
+        v = getattr(obj, n)
+        if isinstance(v, int) and not isinstance(v, bool):
+            object.__setattr__(obj, n, float(v))
 
 
 def _require(ok: bool, name: str, msg: str) -> None:
@@ -75,6 +90,7 @@ class ModelConfig:
     vocab_multiple: int = 8
 
     def __post_init__(self) -> None:
+        _normalise(self)
         _positive(self, "d_model", "n_layers", "n_heads", "d_ff", "vocab_size", "context_length")
         _positive(self, "vocab_multiple")
         _choice(self, "activation", ACTIVATIONS)
@@ -192,6 +208,7 @@ class DataConfig:
     split_seed: int = 0
 
     def __post_init__(self) -> None:
+        _normalise(self)
         _require(bool(self.corpus), "DataConfig.corpus", "must not be empty")
         _require(
             0.0 < self.val_fraction < 0.5,
@@ -239,6 +256,7 @@ class TrainConfig:
     gns_ema: float = 0.95
 
     def __post_init__(self) -> None:
+        _normalise(self)
         _positive(self, "batch_size", "steps", "grad_accum", "eval_every", "eval_batches")
         _positive(self, "checkpoint_every", "keep_checkpoints", "log_every")
         _require(

@@ -206,7 +206,7 @@ def _restore_or_init(g: GroupSetup, cfgs, run_dirs) -> tuple[dict, list[_Run]]:
     runs, states = [], []
     for k, (c, d) in enumerate(zip(cfgs, run_dirs)):
         mngr = train_lib._checkpoint_manager(d, c.train)
-        st, start = train_lib._restore_latest(mngr, abstract)
+        st, start = train_lib._restore_latest(mngr, abstract, d / "corrupt_checkpoints")
         if st is None:
             st, start = jax.tree.map(lambda x, k=k: x[k], fresh), 0
         elif np.float32(st["lr"]) != np.float32(c.train.lr):
@@ -215,7 +215,12 @@ def _restore_or_init(g: GroupSetup, cfgs, run_dirs) -> tuple[dict, list[_Run]]:
                 f"{c.train.lr}; use a fresh run directory"
             )
         store.truncate_jsonl_after(d / "metrics.jsonl", start)
-        runs.append(_Run(k, c, d, start, mngr))
+        run = _Run(k, c, d, start, mngr)
+        # A resumed run carries its latest logged losses (as train.train does).
+        for row in store.read_jsonl(d / "metrics.jsonl") if start else []:
+            run.last_loss = row.get("loss", run.last_loss)
+            run.last_eval = row.get("eval_loss", run.last_eval)
+        runs.append(run)
         states.append(st)
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
     return jax.device_put(stacked, g.state_shardings), runs

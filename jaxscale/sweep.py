@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import math
+import os
 import re
 import sys
 import time
@@ -579,7 +580,11 @@ def run_sweep(
     if train_fn is None:
         enable_compilation_cache(results)
         train_fn = _RealTrainer()
-        if group:
+        # A K-model step runs on one process; multi-host (SPMD) runs train one at a time.
+        multihost = os.environ.get("JAXSCALE_DISTRIBUTED") == "1" or any(
+            r.mesh.distributed for r in runs
+        )
+        if group and not multihost:
             from jaxscale import multi
 
             group_fn = multi.train_group
@@ -619,7 +624,7 @@ def run_sweep(
                 continue
             refresh(len(elsewhere) + len(pending))
             statuses = _run_group(
-                pending, results, train_fn, group_fn, rep, lock_timeout, heartbeat_s, log
+                pending, results, train_fn, group_fn, rep, lock_timeout, heartbeat_s, log, terminal
             )
             for cfg, status in zip(pending, statuses):
                 if status == "locked":
@@ -663,9 +668,38 @@ def _run_group(
     lock_timeout: float,
     heartbeat_s: float,
     log: Callable[[str], None],
+    terminal: tuple[str, ...] = TERMINAL,
 ) -> list[str]:
-    """Train runs under their locks, together when a group trainer is given; returns each
-    run's final status, or 'locked' for runs another worker holds."""
+    """Train runs under their locks; returns each run's final status, or 'locked' for runs
+    another worker holds. With a group trainer the runs share one vmapped step; otherwise each
+    is locked only while it trains (so other workers can take the rest) and a preemption stops
+    the loop (statuses then cover only the runs reached)."""
+    if group_fn is not None and len(cfgs) > 1:
+        return _run_locked(
+            cfgs, results, train_fn, group_fn, rep, lock_timeout, heartbeat_s, log, terminal
+        )
+    statuses: list[str] = []
+    for cfg in cfgs:
+        statuses += _run_locked(
+            [cfg], results, train_fn, None, rep, lock_timeout, heartbeat_s, log, terminal
+        )
+        if statuses[-1] == "preempted":
+            break
+    return statuses
+
+
+def _run_locked(
+    cfgs: Sequence[RunConfig],
+    results: Path,
+    train_fn: TrainFn,
+    group_fn: GroupFn | None,
+    rep: SweepReport,
+    lock_timeout: float,
+    heartbeat_s: float,
+    log: Callable[[str], None],
+    terminal: tuple[str, ...],
+) -> list[str]:
+    """Lock every run it can, then train those (together when group_fn is given)."""
     statuses = ["locked"] * len(cfgs)
     mine: list[int] = []
     with contextlib.ExitStack() as stack:
@@ -677,7 +711,7 @@ def _run_group(
             stack.enter_context(lock)
             # Re-check under the lock: another worker may have finished it since we looked.
             summary = store.read_json(run_dir / "summary.json")
-            if summary is not None and summary.get("status") in ("done", "diverged"):
+            if summary is not None and summary.get("status") in terminal:
                 statuses[i] = summary["status"]
                 continue
             store.write_json_atomic(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
+import socket
 import threading
 import time
 import warnings
@@ -291,9 +293,10 @@ def _restore_latest(
 def _check_writable(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_probe"
+        # Unique per process: hosts sharing a run directory must not delete each other's probe.
+        probe = run_dir / f".write_probe.{socket.gethostname()}.{os.getpid()}"
         probe.write_text("ok")
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as e:
         raise ConfigError(f"run directory {str(run_dir)!r} is not writable: {e}") from None
 
@@ -462,7 +465,7 @@ def _train_loop(cfg, s: Setup, run_dir: Path, corpus, progress: bool, is_main: b
                 flush()
                 mngr.save(step_no, args=_ckpt_args(state, step_no))
                 if pre.requested:
-                    preempted = True
+                    preempted = step_no < tc.steps  # a SIGTERM on the last step still finished
                     break
             if bar is not None:
                 bar.update(1)

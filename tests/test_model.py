@@ -7,7 +7,14 @@ import pytest
 from flax import nnx
 
 from jaxscale import model
-from jaxscale.config import ConfigError, ModelConfig, RunConfig, apply_overrides, load_config
+from jaxscale.config import (
+    ConfigError,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    apply_overrides,
+    load_config,
+)
 
 
 def _closed_form_params(
@@ -145,3 +152,10 @@ def test_bf16_compute_runs():
     gd, st = model.init_state(cfg, 0)
     out = nnx.merge(gd, st)(jnp.zeros((1, 8), jnp.int32))
     assert out.dtype == jnp.float32 and np.isfinite(np.asarray(out)).all()
+
+
+def test_run_id_same_for_int_and_float_values():
+    a = RunConfig(train=TrainConfig(min_lr_ratio=0, grad_clip=0, weight_decay=0))
+    b = RunConfig(train=TrainConfig(min_lr_ratio=0.0, grad_clip=0.0, weight_decay=0.0))
+    assert a.run_id() == b.run_id() == RunConfig.from_dict(a.to_dict()).run_id()
+    assert isinstance(a.train.grad_clip, float)

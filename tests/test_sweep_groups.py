@@ -61,3 +61,32 @@ def test_grouping_can_be_turned_off(tmp_path):
     assert rep.done == 2
     s = store.read_json(tmp_path / "res" / runs[0].run_id() / "summary.json")
     assert "group_size" not in s
+
+
+def test_preemption_stops_one_by_one_training(tmp_path):
+    calls = []
+
+    def fake(cfg, run_dir, progress=False):
+        calls.append(cfg.run_id())
+        s = {"status": "preempted", "run_id": cfg.run_id()}
+        store.write_json_atomic(run_dir / "summary.json", s)
+        return s
+
+    runs = [_base().replace(**{"train.lr": lr}) for lr in (1e-3, 2e-3, 3e-3)]
+    rep = sweep.run_sweep(runs, tmp_path / "res", train_fn=fake, progress=False, log=lambda m: 0)
+    assert rep.preempted and len(calls) == 1
+    assert not list((tmp_path / "res").glob(f"*/{store.LOCK_NAME}"))  # every lock released
+
+
+def test_resumed_group_run_keeps_its_losses(tmp_path):
+    from jaxscale import multi
+
+    runs = [_base().replace(**{"train.lr": lr, "train.steps": 10}) for lr in (1e-3, 3e-3)]
+    dirs = [tmp_path / r.run_id() for r in runs]
+    first = multi.train_group(runs, dirs, progress=False)
+    (dirs[0] / "summary.json").unlink()
+    again = multi.train_group(runs, dirs, progress=False)
+    for a, b in zip(first, again):
+        assert (
+            b["status"] == "done" and b["loss"] == a["loss"] and b["train_loss"] == a["train_loss"]
+        )
