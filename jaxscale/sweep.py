@@ -249,8 +249,10 @@ def shape_grid_runs(
     prefix: str = "shape",
     **model_kw: Any,
 ) -> list[RunConfig]:
-    """(n_layers, d_model) pairs at a fixed non-embedding N (Kaplan 2020 Fig. 5); shapes that
-    miss the target by more than rtol are dropped."""
+    """(n_layers, d_model) pairs at a fixed non-embedding N (Kaplan 2020 Fig. 5) for given
+    depths; shapes that miss the target by more than rtol are dropped. The width-vs-depth
+    study (experiments/shape.py) uses shape.shape_runs, which also spaces shapes evenly in
+    aspect ratio over >= 1.5 decades and reports each one's deviation."""
     out = []
     steps = (
         steps_for_tokens(tokens, base.train.batch_size, base.model.context_length)
