@@ -256,6 +256,7 @@ def _group_loop(cfgs, run_dirs, g: GroupSetup, corpus, progress: bool) -> list[d
     pending: list[tuple[list[tuple[_Run, int]], dict]] = []
     t0 = time.perf_counter()
     t_last, it_last, tps = t0, 0, math.nan
+    n_live = K
     per_model_tokens = base.tokens_per_step
 
     def record(r: _Run, step_no: int, m: dict) -> None:
@@ -267,7 +268,8 @@ def _group_loop(cfgs, run_dirs, g: GroupSetup, corpus, progress: bool) -> list[d
             "lr": float(m["lr"][r.k]),
             "grad_norm": float(m["grad_norm"][r.k]),
             "tokens_per_s": tps,
-            "mfu": tps * fpt_mfu / (peak * n_dev) if peak else math.nan,
+            # MFU is the hardware's: every live model's tokens share the devices.
+            "mfu": tps * n_live * fpt_mfu / (peak * n_dev) if peak else math.nan,
             "time": time.time(),
         }
         if r.gns is not None:
@@ -317,6 +319,7 @@ def _group_loop(cfgs, run_dirs, g: GroupSetup, corpus, progress: bool) -> list[d
             stack.enter_context(contextlib.closing(f))
         while any(r.active for r in runs):
             live = [r for r in runs if r.active]
+            n_live = len(live)
             rows_B = [next(feeds[r.k]) if r.active else dummy for r in runs]
             batch = np.stack(rows_B).reshape(K, A, B // A, L1)
             active = np.array([r.active for r in runs])
@@ -362,6 +365,8 @@ def _group_loop(cfgs, run_dirs, g: GroupSetup, corpus, progress: bool) -> list[d
     if bar is not None:
         bar.close()
     steps_K = np.asarray(jax.device_get(state["step"]))
+    trained = sum((int(steps_K[r.k]) if r.status != "diverged" else r.step) - r.start for r in runs)
+    group_tps = trained * base.tokens_per_step / max(wall, 1e-9)
     summaries = []
     for r in runs:
         c = r.cfg
@@ -381,7 +386,7 @@ def _group_loop(cfgs, run_dirs, g: GroupSetup, corpus, progress: bool) -> list[d
             "wall_time_s": wall,
             "tokens_per_s": tps_k,
             "peak_flops_per_device": peak,
-            "mfu": tps_k * fpt_mfu / (peak * n_dev) if peak else math.nan,
+            "mfu": group_tps * fpt_mfu / (peak * n_dev) if peak else math.nan,
             "group_size": K,
         }
         if r.error:
