@@ -311,7 +311,7 @@ def _group_loop(cfgs, run_dirs, g: GroupSetup, corpus, progress: bool) -> list[d
         for r in rs:
             r.flush()
             one = jax.tree.map(lambda x, k=r.k: x[k], state)
-            r.mngr.save(r.step, args=train_lib._ckpt_args(one, r.step))
+            r.mngr.save(r.step, args=train_lib._ckpt_args(one))
 
     it = 0
     with train_lib._Preemption() as pre, contextlib.ExitStack() as stack:

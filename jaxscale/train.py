@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from jaxscale import store
 from jaxscale.axes import BATCH, LENGTH
 from jaxscale.batch import NoiseScaleEMA
 from jaxscale.cache import enable_compilation_cache  # noqa: F401 - public re-export
-from jaxscale.config import ConfigError, ModelConfig, RunConfig, TrainConfig
+from jaxscale.config import ConfigError, RunConfig, TrainConfig
 
 State = dict[str, Any]
 
@@ -463,7 +463,7 @@ def _train_loop(cfg, s: Setup, run_dir: Path, corpus, progress: bool, is_main: b
                 last_eval = evaluate(step_no)
             if at_ckpt or pre.requested:
                 flush()
-                mngr.save(step_no, args=_ckpt_args(state, step_no))
+                mngr.save(step_no, args=_ckpt_args(state))
                 if pre.requested:
                     preempted = step_no < tc.steps  # a SIGTERM on the last step still finished
                     break
@@ -510,7 +510,7 @@ def _finishing(mngr):
         mngr.close()
 
 
-def _ckpt_args(state: State, step_no: int):
+def _ckpt_args(state: State):
     import orbax.checkpoint as ocp
 
     return ocp.args.Composite(state=ocp.args.StandardSave(state))
@@ -522,14 +522,3 @@ def _progress_bar(enabled: bool, start: int, total: int, name: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=start, desc=name, unit="step", dynamic_ncols=True)
-
-
-def iterate_losses(summary_or_dir: str | Path) -> Iterator[dict]:
-    """Metric rows of a run directory (convenience for notebooks)."""
-    yield from store.read_jsonl(Path(summary_or_dir) / "metrics.jsonl")
-
-
-def init_params(mc: ModelConfig, seed: int = 0) -> tuple[Any, Any, dict]:
-    """(graphdef, abstract_state, params) of a freshly initialised model on the default device."""
-    graphdef, st = model_lib.init_state(mc, seed)
-    return graphdef, jax.tree.map(lambda x: x, st), nnx.to_pure_dict(st)
