@@ -14,7 +14,7 @@ def bench_fit() -> list[dict]:
     import numpy as np
     import pandas as pd
 
-    from jaxscale import fit as F
+    from jaxscale.analysis import fit as F
 
     if not DATA.exists():
         return [dict(name="fit", value=float("nan"), unit="-", note=f"missing {DATA}")]

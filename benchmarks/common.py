@@ -55,8 +55,8 @@ def jax_stepper(name: str, cfg, *, blocked: bool | None = None) -> Stepper:
     """The real jaxscale step (train.setup) on a fixed random batch; compile timed separately."""
     import jax
 
-    from jaxscale import model as model_lib
-    from jaxscale import train
+    from jaxscale.core import model as model_lib
+    from jaxscale.core import train
 
     orig = model_lib.use_blocked_attention
     if blocked is not None:

@@ -43,7 +43,7 @@ def _peak_stepper(dtype: str = "float32", n: int = 2048) -> C.Stepper:
 
 def bench_step(sizes, dtypes, rounds: int) -> list[dict]:
     """Train-step tokens/s, MFU (exact FLOPs / peak measured in the same rounds), compile time."""
-    from jaxscale import flops
+    from jaxscale.core import flops
 
     rows = []
     for dtype in dtypes:
@@ -135,7 +135,8 @@ def _multi_sweep(base, K: int, rounds: int, steps: int = 100) -> dict:
     import shutil
     import tempfile
 
-    from jaxscale import multi, train
+    from jaxscale.core import multi
+    from jaxscale.core import train
 
     tc = dict(steps=steps, warmup_steps=10, eval_every=50, checkpoint_every=steps)
     cfgs = [
@@ -185,7 +186,8 @@ def _multi_one(name: str, base, K: int, rounds: int) -> dict:
     import jax
     import numpy as np
 
-    from jaxscale import multi, train
+    from jaxscale.core import multi
+    from jaxscale.core import train
 
     cfgs = [base.replace(**{"train.seed": i, "train.lr": 1e-3 * (1 + i)}) for i in range(K)]
     tc, mc = base.train, base.model

@@ -19,7 +19,7 @@ Settings:
 from __future__ import annotations
 
 from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from jaxscale.shape import shape_runs
+from jaxscale.analysis.width_depth import shape_runs
 
 NAME = "shape"
 DESCRIPTION = "loss vs aspect ratio at fixed non-embedding N (Kaplan 2020 Fig. 5)"

@@ -2,7 +2,7 @@
 
 import sys
 
-from jaxscale import train
+from jaxscale.core import train
 from jaxscale.config import DataConfig, MeshConfig, ModelConfig, RunConfig, TrainConfig
 
 

@@ -10,8 +10,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxscale import sharding as shd  # noqa: E402
-from jaxscale import train  # noqa: E402
+from jaxscale.core import sharding as shd  # noqa: E402
+from jaxscale.core import train  # noqa: E402
 from jaxscale.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxscale import batch, store
+from jaxscale.analysis import critical_batch as batch
+from jaxscale.runs import store
 from jaxscale.config import ModelConfig, RunConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxscale import data
+from jaxscale.core import data
 from jaxscale.config import DataConfig
 
 SMALL = 200_000  # bytes of stdlib: enough documents for a split, fast to read

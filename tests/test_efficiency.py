@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxscale import efficiency as eff
+from jaxscale.analysis import sample_efficiency as eff
 from jaxscale.config import ModelConfig, RunConfig, TrainConfig
 
 # Kaplan 2020 eq. 1.6 with their fitted exponents, scaled to small models.

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from jaxscale import cli, evaluate
+from jaxscale import cli
+from jaxscale.core import evaluate
 from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
 
@@ -49,7 +50,7 @@ def test_bad_inputs_are_readable(tmp_path):
 
 
 def test_eval_cli_on_a_real_run(tmp_path, capsys):
-    from jaxscale import train
+    from jaxscale.core import train
 
     cfg = RunConfig(
         model=ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, context_length=16),

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from jaxscale import store, train
+from jaxscale.runs import store
+from jaxscale.core import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import _cfg, _cli, _losses  # noqa: E402

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from jaxscale import fit as F
+from jaxscale.analysis import fit as F
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from jaxscale import fit, flops, store
+from jaxscale.analysis import fit
+from jaxscale.core import flops
+from jaxscale.runs import store
 from jaxscale.config import ModelConfig, RunConfig, TrainConfig
 
 

@@ -14,7 +14,7 @@ import textwrap
 import jax.numpy as jnp
 import pytest
 
-from jaxscale import flops
+from jaxscale.core import flops, train
 from jaxscale.config import ModelConfig, RunConfig, TrainConfig
 
 # d=16, L=2, 2 heads of 8, d_ff=32, V=50 -> padded 56, T=10, RMSNorm, RoPE, GELU, tied.
@@ -146,7 +146,7 @@ def test_exact_agrees_with_xla_train_step(kw):
     would add a recomputed forward on XLA's side, so counting uses remat="none".
     """
     run = RunConfig(model=ModelConfig(**kw), train=TrainConfig(batch_size=4))
-    xla, _ = flops.xla_train_step_flops(run)
+    xla = train.xla_train_step_flops(run)
     ratio = xla / flops.step_flops(run, "exact")
     assert 0.99 < ratio < 1.03, ratio
     # The 6N family misses attention and elementwise work at this small scale.
@@ -160,7 +160,7 @@ def test_xla_flops_is_global_under_a_mesh():
         import os
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
         import jax
-        from jaxscale import flops
+        from jaxscale.core import flops
         mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
         from jax.sharding import NamedSharding, PartitionSpec as P
         import jax.numpy as jnp
@@ -239,7 +239,7 @@ def test_remat_adds_at_most_one_recomputed_layer_forward():
     """Why `counting_config` sets remat="none": full remat makes XLA recompute each block's
     forward in the backward pass (measured +21% at d=64, L=2), which `exact` does not count.
     The recomputation is bounded by one forward of the layers (XLA drops unneeded outputs)."""
-    from jaxscale.train import lower_step
+    from jaxscale.core.train import lower_step
 
     kw = dict(d_model=64, n_layers=2, n_heads=2, d_ff=256, context_length=64, scan_layers=False)
     runs = {

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxscale import frontier
-from jaxscale.sweep import load_study
+from jaxscale.analysis import frontier
+from jaxscale.runs.sweep import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxscale import lr
+from jaxscale.analysis import lr_sensitivity as lr
 from jaxscale.config import ModelConfig, RunConfig, TrainConfig
 
 NS = np.array([1e4, 1e5, 1e6, 1e7])

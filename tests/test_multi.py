@@ -6,7 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from jaxscale import multi, store, train
+from jaxscale.core import multi
+from jaxscale.runs import store
+from jaxscale.core import train
 from jaxscale.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
 
 DATA = DataConfig(max_bytes=2_000_000)

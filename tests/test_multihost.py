@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from jaxscale import store, train
+from jaxscale.runs import store
+from jaxscale.core import train
 from jaxscale.config import MeshConfig
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxscale import model
+from jaxscale.core import model
 from jaxscale.config import ModelConfig
 
 

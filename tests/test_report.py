@@ -5,9 +5,10 @@ import re
 
 import numpy as np
 
-from jaxscale import cli, store
+from jaxscale import cli
+from jaxscale.runs import store
 from jaxscale.config import ModelConfig, RunConfig, TrainConfig
-from jaxscale.sweep import budget_tag
+from jaxscale.runs.sweep import budget_tag
 
 # Planted law L = E + A/N^alpha + B/D^beta (Hoffmann 2022 eq. 2) => a = beta/(alpha+beta) = 0.5.
 E, A, B, ALPHA, BETA = 1.8, 400.0, 1600.0, 0.35, 0.35

@@ -8,7 +8,9 @@ import warnings
 import numpy as np
 import pytest
 
-from jaxscale import flops, results, store
+from jaxscale.core import flops
+from jaxscale.runs import results
+from jaxscale.runs import store
 from jaxscale.config import ModelConfig, RunConfig, TrainConfig
 
 

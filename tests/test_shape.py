@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from jaxscale import shape as S
+from jaxscale.analysis import width_depth as S
 from jaxscale.config import ConfigError, ModelConfig, RunConfig, TrainConfig
 
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -58,7 +58,7 @@ def test_fixed_heads_rule_and_unreachable_span_error():
 
 
 def test_runs_fixed_tokens_vs_fixed_compute():
-    from jaxscale.sweep import planned_flops
+    from jaxscale.runs.sweep import planned_flops
 
     kw = dict(tokens_per_param=20, head_dim=64)
     tok = S.shape_runs(BASE, [1e7], **kw)

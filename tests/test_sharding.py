@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from jaxscale import sharding as shd
+from jaxscale.core import sharding as shd
 from jaxscale.config import ConfigError
 
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from jaxscale import shift
+from jaxscale.analysis import shift
 from jaxscale.config import ModelConfig, RunConfig
 
 

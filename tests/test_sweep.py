@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from jaxscale import flops, store, sweep
+from jaxscale.core import flops
+from jaxscale.runs import store
+from jaxscale.runs import sweep
 from jaxscale.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,7 +188,8 @@ FAKE = textwrap.dedent(
     """
     import json, math, os, sys, time
     from pathlib import Path
-    from jaxscale import store, sweep
+    from jaxscale.runs import store
+    from jaxscale.runs import sweep
     from jaxscale.config import ModelConfig, RunConfig, TrainConfig
 
     def runs():

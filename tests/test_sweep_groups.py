@@ -2,7 +2,9 @@
 
 import math
 
-from jaxscale import store, sweep, train
+from jaxscale.runs import store
+from jaxscale.runs import sweep
+from jaxscale.core import train
 from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
 
@@ -41,7 +43,7 @@ def test_lr_grid_trained_as_one_group_matches_single_runs(tmp_path):
 
 
 def test_group_failure_marks_runs_failed_and_sweep_continues(tmp_path, monkeypatch):
-    from jaxscale import multi
+    from jaxscale.core import multi
 
     def boom(cfgs, dirs, progress=False):
         raise RuntimeError("device lost")
@@ -79,7 +81,7 @@ def test_preemption_stops_one_by_one_training(tmp_path):
 
 
 def test_resumed_group_run_keeps_its_losses(tmp_path):
-    from jaxscale import multi
+    from jaxscale.core import multi
 
     runs = [_base().replace(**{"train.lr": lr, "train.steps": 10}) for lr in (1e-3, 3e-3)]
     dirs = [tmp_path / r.run_id() for r in runs]

@@ -14,15 +14,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from jaxscale import data as data_lib
-from jaxscale import flops as flops_lib
-from jaxscale import model as model_lib
-from jaxscale import sharding as shd
-from jaxscale import store
-from jaxscale import train as train_lib
-from jaxscale.batch import NoiseScaleEMA
 from jaxscale.config import ConfigError, RunConfig
+from jaxscale.core import data as data_lib
+from jaxscale.core import flops as flops_lib
+from jaxscale.core import model as model_lib
+from jaxscale.core import sharding as shd
+from jaxscale.core import train as train_lib
+from jaxscale.core.noise import NoiseScaleEMA
+from jaxscale.runs import store
 
 # TrainConfig fields that may differ inside a group: they only change values, not shapes.
 VARYING = ("seed", "lr")
@@ -97,7 +98,6 @@ def setup_group(cfg: RunConfig, K: int, mesh: jax.sharding.Mesh | None = None) -
     replicated = jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec())
 
     def init_one(seed, lr):
-        from flax import nnx
 
         # jax.random.key(seed) is what nnx.Rngs builds from an int seed in train.setup.
         _, st = model_lib.init_state(mc, jax.random.key(seed))

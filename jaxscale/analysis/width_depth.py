@@ -30,9 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 
+from jaxscale.analysis import fit as F
 from jaxscale.config import ConfigError, ModelConfig, RunConfig
+from jaxscale.core import flops
+from jaxscale.runs import results, store
+from jaxscale.runs.sweep import steps_for_tokens, with_steps
 
 HEAD_RULES = ("fixed_head_dim", "fixed_heads")
 BUDGETS = ("tokens", "compute")
@@ -250,7 +256,6 @@ def shape_grid(
 
 def grid_table(shapes: Sequence[Shape]) -> Any:
     """DataFrame of a shape grid: target N, n_layers, d_model, heads, N, deviation, ratio."""
-    import pandas as pd
 
     return pd.DataFrame(
         [
@@ -300,8 +305,6 @@ def shape_runs(
     the geometric-mean FLOPs/token of the level's shapes, tokens_i = C_level / fpt_i, so deep
     narrow shapes (more attention FLOPs per token) see fewer tokens.
     """
-    from jaxscale import flops
-    from jaxscale.sweep import steps_for_tokens, with_steps
 
     if budget not in BUDGETS:
         raise ConfigError(f"budget: unknown {budget!r}; choose one of {list(BUDGETS)}")
@@ -346,13 +349,10 @@ def shape_table(source: Any, *, drop_diverged: bool = True) -> Any:
     `source` is a results directory or a runs_df from jaxscale.results.load. Levels come from
     the N tag in run names (shape_runs writes it); untagged runs are grouped by N within 10%.
     """
-    import pandas as pd
 
     if isinstance(source, pd.DataFrame):
         runs = source.copy()
     else:
-        from jaxscale import results
-
         runs, _ = results.load(source)
     need = ["model.d_model", "model.n_layers", "n_params_nonembedding", "loss"]
     missing = [c for c in need if c not in runs]
@@ -412,7 +412,6 @@ def _cluster_levels(n: np.ndarray, rtol: float = 0.10) -> np.ndarray:
 
 def _pick(lx_g: Any, p: Mapping[str, Any], name: str, m: int) -> Any:
     """Per-level parameter p[name_i] for each point; the level index i enters as g = i + 1."""
-    import jax.numpy as jnp
 
     if m == 1:
         return p[f"{name}_0"]
@@ -426,9 +425,6 @@ def penalty_form(n_levels: int, *, asymmetric: bool = False) -> Any:
     """The registered fit.Form for `n_levels` levels: log L = log L*_i + log1p(pen), with
     pen = k (ln r - ln r*_i)^2 (Kaplan 2020 Fig. 5 shape; a quadratic valley in log r), or
     k_wide / k_deep on either side of r*_i when asymmetric."""
-    import jax.numpy as jnp
-
-    from jaxscale import fit as F
 
     m = int(n_levels)
     if m < 1:
@@ -468,7 +464,6 @@ def penalty_form(n_levels: int, *, asymmetric: bool = False) -> Any:
 def default_priors(df: Any) -> dict[str, Any]:
     """Weakly informative, data-centred priors: ln L*_i ~ N(ln min loss_i, 0.3),
     ln r*_i ~ N(centre of the level's ln r, max(1, its half-range)), k ~ LogNormal(ln .02, 1.5)."""
-    from jaxscale import fit as F
 
     pri: dict[str, Any] = {}
     for i, (_, g) in enumerate(df.groupby("level", sort=True)):
@@ -528,7 +523,6 @@ class ShapeFit:
 
     def table(self) -> Any:
         """Per-level table: N, shapes, aspect range, r* and L* with 90% intervals, penalties."""
-        import pandas as pd
 
         rs, ls = self.r_star(), self.l_star()
         rows = []
@@ -678,9 +672,6 @@ def fit_penalty(
     Shared curvature k (or k_wide/k_deep), free L*_i and r*_i per level; Student-t residuals on
     log loss with fitted sigma (jaxscale.fit). Each level needs >= 2 distinct aspect ratios.
     """
-    import pandas as pd
-
-    from jaxscale import fit as F
 
     df = source if isinstance(source, pd.DataFrame) and "level" in source else shape_table(source)
     levels = np.sort(df["level"].unique())
@@ -750,7 +741,6 @@ def write_synthetic_results(
 ) -> Path:
     """Write runs as if trained, in the run-store format, with losses from `truth` times
     lognormal noise (sd `noise`): to check a design's power before paying for it."""
-    from jaxscale import store
 
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
@@ -948,7 +938,6 @@ def add_shape_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_shape_cli(args: argparse.Namespace) -> int:
     """Entry point for `jaxscale shape`; 1 if the fit failed its diagnostics."""
-    import pandas as pd
 
     if args.plan:
         shapes = shape_grid(

@@ -6,19 +6,20 @@ are forward x (1 + BACKWARD_FACTOR) = 3x forward: the backward pass costs two ma
 forward matmul (input and weight gradients; Kaplan et al. 2020 §2.1, Hoffmann et al. 2022 App. F).
 
 This module is pure python except `xla_flops`, `measure_matmul_peak`, `device_peak_flops`
-and `xla_train_step_flops`, which import jax lazily, so pricing a run under every convention
+which import jax lazily (the XLA count of the real train step is `train.xla_train_step_flops`), so pricing a run under every convention
 (`all_flops_per_token(cfg) * tokens`) is cheap.
 """
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import functools
 import math
 import time
-from collections.abc import Sequence
 from typing import Any
+
+import jax
+import jax.numpy as jnp
 
 from jaxscale.config import ModelConfig, RunConfig
 
@@ -227,7 +228,7 @@ def xla_flops(compiled: Any, per_device: bool = False) -> float:
     Under an SPMD mesh XLA analyses the partitioned per-device program, so the figure is per
     device; unless per_device, it is multiplied by the number of devices the program runs on.
     XLA counts a while-loop (lax.scan) body ONCE, not trip-count times: lower with
-    scan_layers=False and grad_accum=1 (see xla_train_step_flops) for a whole-step count.
+    scan_layers=False and grad_accum=1 (see train.xla_train_step_flops) for a whole-step count.
     """
     ca = compiled.cost_analysis()
     if ca is None:
@@ -240,66 +241,12 @@ def xla_flops(compiled: Any, per_device: bool = False) -> float:
 
 
 def _n_devices(compiled: Any) -> int:
-    import jax
 
     try:
         leaves = jax.tree.leaves(compiled.input_shardings)
     except Exception:
         return 1
     return max((len(s.device_set) for s in leaves if hasattr(s, "device_set")), default=1)
-
-
-def counting_config(run: RunConfig) -> RunConfig:
-    """The same step unrolled for cost_analysis: layers not scanned, one microbatch."""
-    return run.replace(**{"model.scan_layers": False, "train.grad_accum": 1, "model.remat": "none"})
-
-
-def reference_lowered(run: RunConfig) -> Any:
-    """A minimal AdamW LM train step on model.apply (used when train.lower_step is absent)."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
-
-    from jaxscale import model
-
-    cfg, tc = run.model, run.train
-    graphdef, state = model.init_state(cfg, tc.seed)
-    params = nnx.to_pure_dict(state)
-    parts = [optax.clip_by_global_norm(tc.grad_clip)] if tc.grad_clip > 0 else []
-    opt = optax.chain(*parts, optax.adamw(tc.lr, tc.beta1, tc.beta2, tc.eps, tc.weight_decay))
-
-    def loss_fn(p: dict, tokens_BxL: jax.Array) -> jax.Array:
-        logits_BxLxV = model.apply(graphdef, state, p, tokens_BxL)
-        return optax.softmax_cross_entropy_with_integer_labels(
-            logits_BxLxV[:, :-1], tokens_BxL[:, 1:]
-        ).mean()
-
-    def step(p: dict, opt_state: Any, tokens_BxL: jax.Array) -> tuple:
-        loss, grads = jax.value_and_grad(loss_fn)(p, tokens_BxL)
-        updates, opt_state = opt.update(grads, opt_state, p)
-        return optax.apply_updates(p, updates), opt_state, loss
-
-    p_abs = jax.eval_shape(lambda: params)
-    o_abs = jax.eval_shape(opt.init, p_abs)
-    tok = jax.ShapeDtypeStruct((tc.batch_size, cfg.context_length), jnp.int32)
-    return jax.jit(step).lower(p_abs, o_abs, tok)
-
-
-def xla_train_step_flops(run: RunConfig, use_train: bool = True) -> tuple[float, str]:
-    """(global FLOPs, source) of one compiled train step, via train.lower_step when present."""
-    rc = counting_config(run)
-    lowered, src = None, "flops.reference_lowered (minimal AdamW step)"
-    if use_train:
-        try:
-            from jaxscale.train import lower_step
-        except ImportError:
-            lower_step = None
-        if lower_step is not None:
-            lowered, src = lower_step(rc), "train.lower_step"
-    if lowered is None:
-        lowered = reference_lowered(rc)
-    return xla_flops(lowered.compile()), src
 
 
 # --------------------------------------------------------------------------- peaks and MFU
@@ -364,8 +311,6 @@ _MEASURED: dict[tuple[int, str], float] = {}
 
 def measure_matmul_peak(n: int = 2048, dtype: Any = None, repeats: int = 5) -> float:
     """Best-of-`repeats` FLOP/s of a jitted n x n x n matmul on the default device (2 n^3 FLOPs)."""
-    import jax
-    import jax.numpy as jnp
 
     dt = jnp.dtype(jnp.float32 if dtype is None else dtype)
     key = (n, dt.name)
@@ -387,7 +332,6 @@ def measure_matmul_peak(n: int = 2048, dtype: Any = None, repeats: int = 5) -> f
 
 def device_peak_flops(dtype: str = "float32") -> tuple[float, str]:
     """(peak FLOP/s of one device, source): the vendor table if known, else a measured matmul."""
-    import jax
 
     kind = jax.devices()[0].device_kind
     peak = lookup_peak(kind, dtype)
@@ -410,138 +354,3 @@ def mfu(
     if peak is None:
         peak, _ = device_peak_flops(dtype)
     return tokens_per_s * flops_per_token(cfg, convention) / (n_devices * peak)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_flops_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `jaxscale flops` on an argparse subparsers object."""
-    p = subparsers.add_parser(
-        "flops",
-        help="price a model under every FLOP convention (and XLA's count)",
-        description="Itemised FLOPs per token, per-convention totals, ratio to 6ND, and "
-        "optionally the compiled train step's XLA count.",
-    )
-    p.add_argument("--config", default=None, help="run config YAML/JSON (default: built-in)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. model.d_model=256 (repeatable)",
-    )
-    p.add_argument("--width", type=int, default=None, help="d_model (heads of 64, d_ff 4x)")
-    p.add_argument("--depth", type=int, default=None, help="n_layers (with --width)")
-    p.add_argument("--tokens", type=float, default=None, help="training tokens D (default: run's)")
-    p.add_argument("--seq-len", type=int, default=None, help="sequence length (default: context)")
-    p.add_argument(
-        "--convention", default="exact", help=f"itemised convention: {', '.join(CONVENTIONS)}"
-    )
-    p.add_argument("--xla", action="store_true", help="compile the real train step and compare")
-    p.set_defaults(func=run_flops_cli)
-    return p
-
-
-def _model_from_args(run: RunConfig, width: int | None, depth: int | None) -> RunConfig:
-    if width is None and depth is None:
-        return run
-    m = run.model
-    keep = {
-        k: getattr(m, k)
-        for k in (
-            "vocab_size",
-            "context_length",
-            "activation",
-            "norm",
-            "position",
-            "tie_embeddings",
-            "param_dtype",
-            "compute_dtype",
-            "scan_layers",
-            "remat",
-            "rope_base",
-            "init_std",
-            "vocab_multiple",
-        )
-    }
-    new = ModelConfig.from_width_depth(width or m.d_model, depth or m.n_layers, **keep)
-    return run.replace(
-        **{f"model.{k}": getattr(new, k) for k in ("d_model", "n_layers", "n_heads", "d_ff")}
-    )
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.4g}" if abs(x) < 1e4 else f"{x:.4e}"
-
-
-def format_report(
-    run: RunConfig,
-    convention: str = "exact",
-    tokens: float | None = None,
-    seq_len: int | None = None,
-) -> str:
-    """The text `jaxscale flops` prints (without the XLA section)."""
-    cfg = run.model
-    T = _seq(cfg, seq_len)
-    D = float(run.total_tokens if tokens is None else tokens)
-    items = itemise(cfg, convention, T)
-    fwd = math.fsum(f for _, f in items)
-    N = cfg.n_params_nonembedding
-    out = [
-        f"model: d_model={cfg.d_model} n_layers={cfg.n_layers} n_heads={cfg.n_heads} "
-        f"head_dim={cfg.head_dim} d_ff={cfg.d_ff} vocab={cfg.padded_vocab} T={T} "
-        f"{cfg.activation} {cfg.norm} {cfg.position} tied={cfg.tie_embeddings}",
-        f"params: total {cfg.n_params:,}  non-embedding N {N:,}  "
-        f"embedding {cfg.n_params_embedding:,}",
-        "",
-        f"{convention}: forward FLOPs per token — {_DESCRIPTIONS[convention]}",
-    ]
-    w = max(len(n) for n, _ in items)
-    for name, f in items:
-        out.append(f"  {name:<{w}}  {_fmt(f):>12}  {100 * f / fwd:5.1f}%")
-    out.append(f"  {'forward total':<{w}}  {_fmt(fwd):>12}")
-    out.append(f"  {'train (x3) per token':<{w}}  {_fmt(3 * fwd):>12}")
-    out += ["", f"training FLOPs for D = {D:.4g} tokens (6ND = {6 * N * D:.4e}):"]
-    out.append(f"  {'convention':<20} {'per token':>12} {'C = per token x D':>18} {'/ 6ND':>8}")
-    for c, f in all_flops_per_token(cfg, T).items():
-        out.append(f"  {c:<20} {_fmt(f):>12} {f * D:>18.4e} {f / (6 * N):>8.4f}")
-    return "\n".join(out)
-
-
-def run_flops_cli(args: argparse.Namespace) -> int:
-    """Entry point for `jaxscale flops`; returns the process exit code."""
-    from jaxscale.config import load_config
-
-    if args.convention not in CONVENTIONS:
-        raise convention_error(args.convention)
-    run = _model_from_args(load_config(args.config, args.overrides), args.width, args.depth)
-    print(format_report(run, args.convention, args.tokens, args.seq_len))
-    if args.xla:
-        xla, src = xla_train_step_flops(run)
-        exact = step_flops(run, "exact")
-        print(
-            f"\nXLA cost_analysis of one train step ({src}; {run.train.batch_size} x "
-            f"{run.model.context_length} tokens, layers unrolled, one microbatch):\n"
-            f"  XLA {xla:.4e}   exact+AdamW {exact:.4e}   XLA/exact {xla / exact:.4f}"
-        )
-        for c in CONVENTIONS:
-            a = flops_per_token(run.model, c) * run.tokens_per_step
-            print(f"  XLA / {c:<20} {xla / a:.4f}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone `python -m jaxscale.flops ...` (same flags as `jaxscale flops`)."""
-    parser = argparse.ArgumentParser(prog="jaxscale")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    add_flops_parser(sub)
-    import sys
-
-    args = parser.parse_args(["flops", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -20,16 +20,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from tqdm.auto import tqdm
 
-from jaxscale import data as data_lib
-from jaxscale import flops as flops_lib
-from jaxscale import model as model_lib
-from jaxscale import sharding as shd
-from jaxscale import store
-from jaxscale.axes import BATCH, LENGTH
-from jaxscale.batch import NoiseScaleEMA
-from jaxscale.cache import enable_compilation_cache  # noqa: F401 - public re-export
 from jaxscale.config import ConfigError, RunConfig, TrainConfig
+from jaxscale.config.axes import BATCH, LENGTH
+from jaxscale.core import data as data_lib
+from jaxscale.core import flops as flops_lib
+from jaxscale.core import model as model_lib
+from jaxscale.core import sharding as shd
+from jaxscale.core.cache import enable_compilation_cache  # noqa: F401 - public re-export
+from jaxscale.core.noise import NoiseScaleEMA
+from jaxscale.runs import store
 
 State = dict[str, Any]
 
@@ -225,6 +226,16 @@ def lower_step(cfg: RunConfig, mesh: jax.sharding.Mesh | None = None) -> jax.sta
     )
     with jax.set_mesh(s.mesh):
         return s.step_fn.lower(state_abs, batch_abs)
+
+
+def counting_config(run: RunConfig) -> RunConfig:
+    """The same step unrolled for cost_analysis: layers not scanned, one microbatch."""
+    return run.replace(**{"model.scan_layers": False, "train.grad_accum": 1, "model.remat": "none"})
+
+
+def xla_train_step_flops(run: RunConfig) -> float:
+    """Global FLOPs of one compiled train step as XLA counts them (the real step, unrolled)."""
+    return flops_lib.xla_flops(lower_step(counting_config(run)).compile())
 
 
 def _device_batch(s: Setup, local_BxL1: np.ndarray) -> jax.Array:
@@ -519,6 +530,5 @@ def _ckpt_args(state: State):
 def _progress_bar(enabled: bool, start: int, total: int, name: str):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=start, desc=name, unit="step", dynamic_ncols=True)

@@ -22,9 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
+
+from jaxscale.core import flops
+from jaxscale.runs import results as results_lib
 
 if TYPE_CHECKING:  # pandas is imported where used so `jaxscale --help` stays fast
-    import pandas as pd
+    pass
 
 DEFAULT_CONVENTION = "kaplan_attn"
 _TAG = re.compile(r"C(\d\.\d+e[+-]\d+)")
@@ -50,9 +54,6 @@ def curve_points(
     smooth_halflife: float = 10.0,
 ) -> pd.DataFrame:
     """(run_id, step, C, loss) points: eval_loss where evaluated, or EMA-smoothed train loss."""
-    import pandas as pd
-
-    from jaxscale import results as results_lib
 
     if not len(curves_df):
         return pd.DataFrame(columns=["run_id", "step", "C", "loss"])
@@ -96,9 +97,6 @@ def isoflop_groups(
     Runs made by sweep.isoflop_plan carry their budget in the name (C1.000e+12); other runs are
     clustered by their compute C, a new group starting where C jumps by more than rtol.
     """
-    import pandas as pd
-
-    from jaxscale import results as results_lib
 
     if not len(runs_df):
         return {}
@@ -175,7 +173,6 @@ def isoflop_optima(
     rtol: float = 0.1,
 ) -> tuple[pd.DataFrame, dict[float, Parabola]]:
     """Per budget: best run, parabola vertex N_opt ± SE (log10), D_opt, tokens per parameter."""
-    import pandas as pd
 
     ncol = param_column(convention, params)
     rows, fits = [], {}
@@ -286,8 +283,6 @@ def analyse(
     params: str | None = None,
 ) -> Frontier:
     """Envelope and isoFLOP optima for a results directory or a (runs_df, curves_df) pair."""
-    from jaxscale import flops
-    from jaxscale import results as results_lib
 
     if convention not in flops.CONVENTIONS:
         raise ValueError(
@@ -333,7 +328,6 @@ def save(fr: Frontier, out: str | Path) -> list[Path]:
 def plot(fr: Frontier, out: Path) -> list[Path]:
     """loss_vs_compute, isoflop and optima figures as PNG and SVG (matplotlib Agg)."""
     import matplotlib
-    import pandas as pd
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -496,7 +490,6 @@ def add_frontier_parser(subparsers: Any) -> None:
 
 def run_frontier_cli(args: Any) -> int:
     """Entry point for `jaxscale frontier`."""
-    import pandas as pd
 
     try:
         fr = analyse(args.results, args.convention, loss=args.loss, params=args.params)

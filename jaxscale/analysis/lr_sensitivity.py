@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jaxscale.frontier import Parabola, fit_parabola
+from jaxscale.analysis.frontier import Parabola, fit_parabola
+from jaxscale.runs import results as results_lib
+from jaxscale.runs import store
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,6 @@ def analyse_points(points: pd.DataFrame, *, tol: float = 0.01, half_window: int 
 
 def analyse(results: str | Path, *, tol: float = 0.01, half_window: int = 2) -> LRStudy:
     """LR study of every run in a results directory (final eval loss vs train.lr)."""
-    from jaxscale import results as results_lib
 
     runs, _ = results_lib.load(results)
     if not len(runs) or "train.lr" not in runs:
@@ -352,7 +353,6 @@ def add_lr_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_lr_cli(args: argparse.Namespace) -> int:
     """Entry point for `jaxscale lr`."""
-    from jaxscale import store
 
     if not args.tol > 0:
         raise ValueError(f"--tol must be > 0, got {args.tol}")

@@ -10,8 +10,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxscale import axes as ax
 from jaxscale.config import ConfigError, MeshConfig
+from jaxscale.config import axes as ax
 
 MESH_AXES = ("data", "fsdp", "tensor")
 

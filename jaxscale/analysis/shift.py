@@ -24,6 +24,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
+
+from jaxscale.core import evaluate
+from jaxscale.runs import store
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,6 @@ class OffsetFit:
 
 def fit_offset(l_in: Sequence[float], l_ood: Sequence[float], level: float = 0.95) -> OffsetFit:
     """Offset and slope of OOD vs in-distribution loss, with Student-t intervals (OLS)."""
-    from scipy import stats
 
     x, y = np.asarray(l_in, float), np.asarray(l_ood, float)
     ok = np.isfinite(x) & np.isfinite(y)
@@ -89,7 +92,6 @@ def _loglog_slope(N: np.ndarray, L: np.ndarray) -> float:
 
 def shift_table(path: str | Path) -> pd.DataFrame:
     """One row per evaluated run: run_id, name, N, step, and loss_<set> for every set."""
-    from jaxscale import evaluate
 
     rows = []
     for ev in evaluate.load_evals(path):
@@ -250,7 +252,6 @@ def add_shift_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_shift_cli(args: argparse.Namespace) -> int:
     """Entry point for `jaxscale shift`."""
-    from jaxscale import store
 
     sets = [s.strip() for s in args.sets.split(",")] if args.sets else None
     study = analyse(args.results, args.reference, sets)

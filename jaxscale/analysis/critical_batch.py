@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
+import pandas as pd
+
+from jaxscale.analysis import fit as F
+from jaxscale.config import ModelConfig, RunConfig, TrainConfig
+from jaxscale.core.noise import NoiseScaleEMA, noise_scale_terms  # noqa: F401 - re-export
+from jaxscale.runs import results as R
+from jaxscale.runs import store
 
 # Kaplan et al. 2020 eq. 5.3 / Fig. 10: WebText2 BPE, 1e6-1e9-parameter models. Shown only as a
 # reference point: a different data set, tokenizer and model scale from any study run here.
@@ -37,54 +45,6 @@ KAPLAN_LABEL = "Kaplan 2020 eq. 5.3 (B*=2e8 tok, alpha_B=0.21; different setup)"
 LOSS_KINDS = ("train", "eval")
 HYPERBOLA_FORM = "batch_hyperbola"
 QS = (0.05, 0.5, 0.95)
-
-
-# --------------------------------------------------------------------------------------------
-# Gradient noise scale (McCandlish et al. 2018)
-# --------------------------------------------------------------------------------------------
-
-
-def noise_scale_terms(
-    g_small_sq: float, g_big_sq: float, b_small: float, b_big: float
-) -> tuple[float, float]:
-    """Unbiased |G|^2 and tr(Sigma) from two batch sizes (McCandlish et al. 2018, App. A.1).
-
-    |G|^2 ~= (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small)
-    tr(S) ~= (|G_small|^2 - |G_big|^2) / (1/B_small - 1/B_big)
-    """
-    if not b_big > b_small > 0:
-        raise ValueError(f"need b_big > b_small > 0, got b_small={b_small}, b_big={b_big}")
-    g2 = (b_big * g_big_sq - b_small * g_small_sq) / (b_big - b_small)
-    tr_sigma = (g_small_sq - g_big_sq) / (1.0 / b_small - 1.0 / b_big)
-    return g2, tr_sigma
-
-
-@dataclass
-class NoiseScaleEMA:
-    """EMA of |G|^2 and tr(Sigma) kept separately, B_simple = tr(Sigma)/|G|^2 of the EMAs."""
-
-    b_small: float
-    b_big: float
-    decay: float = 0.95
-    g2: float = field(default=0.0)
-    tr_sigma: float = field(default=0.0)
-    weight: float = field(default=0.0)
-
-    def update(self, g_small_sq: float, g_big_sq: float) -> float:
-        """Fold in one step's squared norms; return the bias-corrected B_simple (sequences)."""
-        g2, tr = noise_scale_terms(g_small_sq, g_big_sq, self.b_small, self.b_big)
-        d = self.decay
-        self.g2 = d * self.g2 + (1 - d) * g2
-        self.tr_sigma = d * self.tr_sigma + (1 - d) * tr
-        self.weight = d * self.weight + (1 - d)
-        return self.b_simple
-
-    @property
-    def b_simple(self) -> float:
-        """B_simple = tr(Sigma)/|G|^2 (McCandlish et al. 2018, eq. 2.8); NaN until |G|^2 > 0."""
-        if self.weight == 0 or self.g2 <= 0:
-            return float("nan")
-        return self.tr_sigma / self.g2
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,7 +181,6 @@ def steps_examples(
     Columns: target, run_id, B (sequences), B_tokens, S, E (sequences), E_tokens, b_simple and
     b_simple_tokens (the run's logged gradient noise scale at that step, NaN if not logged).
     """
-    import pandas as pd
 
     if loss not in LOSS_KINDS:
         raise ValueError(f"loss: choose one of {list(LOSS_KINDS)}, got {loss!r}")
@@ -259,7 +218,6 @@ def steps_examples(
 
 
 def _hyperbola_log_s(lx: Any, p: Any) -> Any:
-    import jax.numpy as jnp
 
     # log S = log S_min + log(1 + B_noise/B) (Kaplan 2020 eq. 5.1, McCandlish 2018 eq. 2.11)
     return p["log_S_min"] + jnp.logaddexp(0.0, p["log_B_noise"] - lx["B"])
@@ -267,7 +225,6 @@ def _hyperbola_log_s(lx: Any, p: Any) -> Any:
 
 def hyperbola_form() -> Any:
     """The registered fit.Form for S(B) = S_min (1 + B_noise/B) (registered on first use)."""
-    from jaxscale import fit as F
 
     if HYPERBOLA_FORM in F.list_forms():
         return F.get_form(HYPERBOLA_FORM)
@@ -301,7 +258,6 @@ def fit_hyperbola(
     Priors are weakly informative and centred on the data's scale: log S_min ~ N(log min S, 2)
     (S_min <= every S) and log B_noise ~ N(mean log B, 3) (a few decades either way).
     """
-    from jaxscale import fit as F
 
     B = np.asarray(B, np.float64)
     S = np.asarray(S, np.float64)
@@ -407,7 +363,6 @@ class CriticalBatch:
 
     def table(self) -> Any:
         """One row per target: runs used, S_min, E_min, B_crit (seq, tokens) 5/50/95%, B_simple."""
-        import pandas as pd
 
         T = self.context_length
         rows = []
@@ -448,7 +403,6 @@ class CriticalBatch:
 
 def gns_table(runs_df: Any, curves_df: Any) -> Any:
     """Logged B_simple per run and step (empty if no run logged it)."""
-    import pandas as pd
 
     cols = ["run_id", "step", "loss", "gns_b_simple", "gns_b_simple_tokens"]
     if "gns_b_simple" not in curves_df:
@@ -473,7 +427,6 @@ def analyse(
     seed: int = 0,
 ) -> CriticalBatch:
     """Load a batch sweep, find S and E per target loss, fit hyperbolas and B_crit(L)."""
-    from jaxscale import results as R
 
     if loss not in LOSS_KINDS:
         raise ValueError(f"loss: choose one of {list(LOSS_KINDS)}, got {loss!r}")
@@ -776,8 +729,6 @@ class PlantedSweep:
         seed: int = 0,
     ) -> list[str]:
         """Write one run per batch size in the run-store format (config/metrics/summary)."""
-        from jaxscale import store
-        from jaxscale.config import ModelConfig, RunConfig, TrainConfig
 
         if not l_end > self.l_inf:
             raise ValueError(f"l_end={l_end} must exceed l_inf={self.l_inf} (never reached)")

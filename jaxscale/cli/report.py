@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jaxscale.analysis import fit, frontier
+from jaxscale.runs import results as results_lib
+
 RUN_COLUMNS = [
     "run_id",
     "name",
@@ -64,7 +67,6 @@ def runs_section(runs_df: Any) -> Section:
 
 
 def frontier_section(dfs: tuple, out: Path, convention: str) -> Section:
-    from jaxscale import frontier
 
     fr = frontier.analyse(dfs, convention)
     paths = frontier.save(fr, out / "frontier")
@@ -90,7 +92,6 @@ def frontier_section(dfs: tuple, out: Path, convention: str) -> Section:
 def fit_section(
     results: Path, out: Path, convention: str, *, draws: int, warmup: int, chains: int, seed: int
 ) -> Section:
-    from jaxscale import fit
 
     df = fit.load_fit_data(results, flops_convention=convention)
     res = fit.fit(df, "chinchilla", chains=chains, warmup=warmup, draws=draws, seed=seed)
@@ -150,7 +151,6 @@ def build_report(
     sections: tuple[str, ...] = ("runs", "frontier", "fit"),
 ) -> tuple[Path, list[str]]:
     """Write <out>/report.html (images inlined) and return it with the headline lines."""
-    from jaxscale import results as results_lib
 
     results = Path(results)
     dfs = results_lib.load(results)

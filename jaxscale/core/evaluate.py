@@ -15,6 +15,7 @@ more at later positions, where they can use the context.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -24,7 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+import pandas as pd
+from scipy.optimize import curve_fit, minimize_scalar, nnls
+
+from jaxscale.config import RunConfig
+from jaxscale.core import data, train
+from jaxscale.runs import store
 
 EVAL_FILE = "eval.json"
 DEFAULT_SETS = ("stdlib",)
@@ -37,8 +45,6 @@ MIN_EVAL_SEQUENCES = 2048  # per-position means need thousands of windows to res
 
 def read_config(run_dir: str | Path) -> Any:
     """The RunConfig stored in run_dir/config.json."""
-    from jaxscale import store
-    from jaxscale.config import RunConfig
 
     run_dir = Path(run_dir)
     raw = store.read_json(run_dir / "config.json")
@@ -52,9 +58,6 @@ def read_config(run_dir: str | Path) -> Any:
 
 def load_params(run_dir: str | Path) -> tuple[Any, Any, dict, int]:
     """(cfg, Setup, params, step) of a run's newest readable checkpoint."""
-    import jax
-
-    from jaxscale import train
 
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
@@ -84,9 +87,6 @@ def eval_tokens(
 ) -> tuple[np.ndarray, dict]:
     """Token stream + description of eval set `name` (built-in name or a text path), tokenized
     with the run's tokenizer."""
-    import dataclasses
-
-    from jaxscale import data
 
     if name in data.EVAL_CORPORA:
         es = data.eval_corpus(name, cfg.data, max_bytes=max_bytes)
@@ -121,9 +121,6 @@ def evaluate_run(
     seed: int = 1234,
 ) -> dict:
     """Evaluate a run's latest checkpoint on each set; merge into and return run_dir/eval.json."""
-    import jax
-
-    from jaxscale import data, store
 
     run_dir = Path(run_dir)
     prev = store.read_json(run_dir / EVAL_FILE) or {}
@@ -204,7 +201,6 @@ def run_dirs(path: str | Path) -> list[Path]:
 
 def load_evals(path: str | Path) -> list[dict]:
     """Every eval.json under a results (or run) directory, with its run directory as 'path'."""
-    from jaxscale import store
 
     out = []
     for d in run_dirs(path):
@@ -254,7 +250,6 @@ def _linear_given_alpha(
     t: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: float
 ) -> tuple[np.ndarray, float]:
     """Weighted non-negative (L_inf, A) for fixed alpha: loss falls with context, never rises."""
-    from scipy.optimize import nnls
 
     X = np.stack([np.ones_like(t), t**-alpha], axis=1) * w[:, None]
     beta, rnorm = nnls(X, y * w)
@@ -270,7 +265,6 @@ def fit_position(
     scalar refine); scipy.optimize.curve_fit then gives the covariance for the standard errors.
     Positions are weighted by 1/se when per-position standard errors are given.
     """
-    from scipy.optimize import curve_fit, minimize_scalar
 
     y_all = np.asarray(loss_by_pos, float)
     if y_all.ndim != 1 or not np.isfinite(y_all).all():
@@ -365,9 +359,6 @@ def _f(v: Any) -> float | None:
 
 def position_study(path: str | Path, eval_set: str = "stdlib", t_min: int = 2) -> PositionStudy:
     """Fit L(t) per run from eval.json (falling back to training's final eval_loss_by_pos)."""
-    import pandas as pd
-
-    from jaxscale import store
 
     rows, curves, source = [], {}, ""
     for d in run_dirs(path):
@@ -473,7 +464,6 @@ def plot_position(study: PositionStudy, out: str | Path) -> list[Path]:
 
 def save_position(study: PositionStudy, out: str | Path) -> list[Path]:
     """position.json, position.csv and the plots in out."""
-    from jaxscale import store
 
     out = Path(out)
     store.write_json_atomic(out / "position.json", study.to_dict())
@@ -563,8 +553,6 @@ def run_eval_cli(args: argparse.Namespace) -> int:
     dirs = run_dirs(args.path)
     done = 0
     for d in dirs:
-        from jaxscale import store
-
         summ = store.read_json(d / "summary.json") or {}
         if summ.get("status") in ("diverged", "failed"):
             print(f"{d.name}: skipped ({summ['status']})")

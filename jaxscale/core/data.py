@@ -45,8 +45,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from jaxscale.cache import cache_dir
 from jaxscale.config import DataConfig
+from jaxscale.core.cache import cache_dir
 
 FORMAT_VERSION = 1
 EOD_TEXT = "<|endoftext|>"

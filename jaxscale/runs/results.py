@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jaxscale import store
 from jaxscale.config import ConfigError, RunConfig
+from jaxscale.core import flops
+from jaxscale.runs import store
 
 CURVE_COLUMNS = ("run_id", "step", "tokens", "loss", "eval_loss", "lr")
 
@@ -70,7 +71,6 @@ def load(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     curves_df: run_id, step, tokens, loss (train), eval_loss (NaN off eval steps), lr, and
     flops_<convention> = flops_per_token × tokens seen so far.
     """
-    from jaxscale import flops
 
     root = store.as_path(path)
     if not root.exists():
@@ -167,7 +167,6 @@ def load(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def compute(df: pd.DataFrame, convention: str) -> pd.Series:
     """Training compute C under `convention` for each row of runs_df or curves_df."""
-    from jaxscale import flops
 
     if convention not in flops.CONVENTIONS:
         raise ValueError(

@@ -4,7 +4,7 @@ A *form* is a function of named (positive) inputs and named parameters returning
 predicted loss, plus a weakly-informative prior per parameter. Register your own with
 :func:`register_form`; every fitting routine here works on any registered form::
 
-    from jaxscale import fit as F
+    from jaxscale.analysis import fit as F
     F.register_form(F.Form(
         name="width_depth",
         inputs=("r",),
@@ -35,7 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+import pandas as pd
+import scipy.stats as st
+from scipy import stats
+
+from jaxscale.runs import results  # lazy: runs-dir support only
 
 # Quantities a form may take as inputs; CSV/run tables are mapped onto these names.
 INPUT_NAMES = ("N", "D", "C", "S")
@@ -193,7 +201,6 @@ def list_forms() -> dict[str, str]:
 
 
 def _lse(*xs: Any) -> Any:
-    import jax.numpy as jnp
 
     return jnp.logaddexp(xs[0], _lse(*xs[1:])) if len(xs) > 1 else xs[0]
 
@@ -327,7 +334,6 @@ def numpyro_model(
     order = form params then sigma) override the priors (default: the form's, sigma ~
     HalfNormal(0.1)). ``centers`` ({input: mean log input}) sets the shear reparameterisation.
     """
-    import jax.numpy as jnp
     import numpyro
     import numpyro.distributions as dist
     from numpyro.distributions import constraints
@@ -371,7 +377,6 @@ def prepare_data(
     data: Any, form: str | Form, *, target: str = "loss"
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Validate a DataFrame/dict of inputs + loss for a form; returns ({input: x}, loss)."""
-    import pandas as pd
 
     fm = get_form(form)
     df = data.copy() if isinstance(data, pd.DataFrame) else pd.DataFrame(dict(data))
@@ -418,7 +423,6 @@ def prepare_data(
 
 def load_fit_data(source: Any, *, flops_convention: str | None = None) -> Any:
     """Load a table with N/D/C/S/loss from a CSV path, a runs directory, or a DataFrame/dict."""
-    import pandas as pd
 
     if isinstance(source, pd.DataFrame | Mapping):
         return pd.DataFrame(source) if isinstance(source, Mapping) else source.copy()
@@ -431,7 +435,6 @@ def load_fit_data(source: Any, *, flops_convention: str | None = None) -> Any:
         if flops_convention is not None and f"flops_{flops_convention}" in df:
             df["C"] = df[f"flops_{flops_convention}"]
         return df
-    from jaxscale import results  # lazy: runs-dir support only
 
     runs, _ = results.load(path)
     if "status" in runs:
@@ -510,9 +513,6 @@ def _potential(spec: _Spec, u_K: Any, lx: Any, log_y: Any, prior_args: Any, cent
 
 def _lbfgs(f: Callable[[Any], Any], u0: Any, iters: int, rtol: float = 1e-7) -> tuple[Any, Any]:
     """L-BFGS (optax, zoom line search) until |grad| <= rtol (1 + |f|) or `iters` steps."""
-    import jax
-    import jax.numpy as jnp
-    import optax
 
     opt = optax.lbfgs()
     vg = optax.value_and_grad_from_state(f)
@@ -535,8 +535,6 @@ def _lbfgs(f: Callable[[Any], Any], u0: Any, iters: int, rtol: float = 1e-7) -> 
 
 def _newton(f: Callable[[Any], Any], u0: Any, iters: int) -> tuple[Any, Any]:
     """Levenberg-damped Newton with |eigenvalue| Hessian (cheap to compile for few params)."""
-    import jax
-    import jax.numpy as jnp
 
     vg, hess = jax.value_and_grad(f), jax.hessian(f)
 
@@ -558,7 +556,6 @@ def _newton(f: Callable[[Any], Any], u0: Any, iters: int) -> tuple[Any, Any]:
 
 @functools.lru_cache(maxsize=64)
 def _map_program(spec: _Spec, iters: int) -> Callable[..., Any]:
-    import jax
 
     def run(u0_MxK: Any, lx: Any, log_y: Any, prior_args: Any, centers: Any) -> Any:
         f = lambda u: _potential(spec, u, lx, log_y, prior_args, centers)
@@ -579,7 +576,6 @@ def _nuts_program(
     max_tree_depth: int,
     parallel: bool,
 ) -> Callable[..., Any]:
-    import jax
     from numpyro.infer.hmc import hmc
 
     def pe_gen(lx: Any, log_y: Any, prior_args: Any, centers: Any) -> Callable[[Any], Any]:
@@ -652,7 +648,6 @@ class FitResult:
 
     def summary(self) -> Any:
         """Table of mean, median, 5%/95%, R-hat, bulk/tail ESS per parameter."""
-        import pandas as pd
 
         rows = {}
         for n, v in self.samples.items():
@@ -777,8 +772,6 @@ def _init_points(
     spec: _Spec, pri: dict[str, Prior], centers: dict[str, float], m: int, seed: int
 ) -> np.ndarray:
     """Prior median plus m-1 prior draws, in the unconstrained (sampled) space."""
-    import jax
-    import jax.numpy as jnp
     from numpyro.distributions.transforms import biject_to
 
     fm = get_form(spec.form)
@@ -798,7 +791,6 @@ def _init_points(
 def _arrays(
     x: dict[str, np.ndarray], y: np.ndarray, pri: dict[str, Prior]
 ) -> tuple[Any, Any, Any, dict[str, Any]]:
-    import jax.numpy as jnp
 
     lx = {k: jnp.log(jnp.asarray(v)) for k, v in x.items()}
     centers = {k: jnp.mean(v) for k, v in lx.items()}
@@ -815,7 +807,6 @@ def _laplace(
     iters: int = 60,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Mode and covariance of the posterior in the unconstrained space (multi-start L-BFGS)."""
-    import jax.numpy as jnp
 
     lx, ly, pa, ce = _arrays(x, y, pri)
     u0 = jnp.asarray(_init_points(spec, pri, {k: float(v) for k, v in ce.items()}, starts, seed))
@@ -860,7 +851,6 @@ def fit(
     parallel over devices), 'laplace' (Gaussian at the unconstrained mode, `draws` draws),
     'map' (mode only) or 'bootstrap' (Huber/L-BFGS baseline, Besiroglu 2024; see fit_huber).
     """
-    import jax
 
     if method not in METHODS:
         raise ValueError(f"method: unknown {method!r}; choose one of {list(METHODS)}")
@@ -897,7 +887,6 @@ def fit(
         rng = np.random.default_rng(seed)
         u0 = rng.multivariate_normal(u_map, cov, chains)
         keys = jax.random.split(jax.random.PRNGKey(seed), chains)
-        import jax.numpy as jnp
 
         prog = _nuts_program(spec, warmup, draws, float(target_accept), max_tree_depth, parallel)
         if parallel:
@@ -923,7 +912,6 @@ def fit(
 
 
 def _constrained_np(spec: _Spec, pa: Any, ce: Any, u_CxSxK: np.ndarray) -> dict[str, np.ndarray]:
-    import jax.numpy as jnp
 
     p = _constrain_with_args(spec, jnp.asarray(u_CxSxK), pa, ce)
     return _with_natural({k: np.asarray(v, np.float64) for k, v in p.items()})
@@ -955,7 +943,6 @@ def _finish(
 
 def _log_lik(spec: _Spec, res: FitResult, x: dict[str, np.ndarray], y: np.ndarray) -> np.ndarray:
     """Pointwise log-likelihood of log loss per draw, (chains, draws, n)."""
-    from scipy import stats
 
     mu = _mu_np(res, x)
     sig = np.asarray(res.samples["sigma"])[..., None]
@@ -967,8 +954,6 @@ def _log_lik(spec: _Spec, res: FitResult, x: dict[str, np.ndarray], y: np.ndarra
 
 def _mu_np(res: FitResult, x: Mapping[str, Any]) -> np.ndarray:
     """Form mean of log loss per draw at inputs x: (chains, draws, n)."""
-    import jax
-    import jax.numpy as jnp
 
     fm = get_form(res.form)
     with jax.enable_x64(True):
@@ -988,9 +973,6 @@ def _mu_np(res: FitResult, x: Mapping[str, Any]) -> np.ndarray:
 
 @functools.lru_cache(maxsize=32)
 def _huber_program(form: str, delta: float, iters: int) -> Callable[..., Any]:
-    import jax
-    import jax.numpy as jnp
-    import optax
 
     fm = get_form(form)
 
@@ -1012,8 +994,6 @@ def _grid(fm: Form) -> np.ndarray:
     if fm.grid is not None:
         axes = [np.asarray(fm.grid[n], np.float64) for n in fm.params]
     else:
-        import scipy.stats as st
-
         axes = []
         for n in fm.params:
             p = fm.priors[n]
@@ -1054,8 +1034,6 @@ def fit_huber(
     from the `starts_per_boot` best distinct full-data optima. Samples are the bootstrap
     estimates, shape (1, n_boot); `point` is the full-data fit.
     """
-    import jax
-    import jax.numpy as jnp
 
     fm, _, pri, x, y = _setup(data, form, None, "gaussian", 1.0, target)
     t0 = time.perf_counter()
@@ -1151,7 +1129,6 @@ def compute_optimal(res: FitResult, C: float | Sequence[float]) -> dict[str, np.
 
 def compare_published(res: FitResult, C: float = 5.76e23) -> Any:
     """Posterior median [5%, 95%] beside Hoffmann 2022 and Besiroglu 2024 Chinchilla fits."""
-    import pandas as pd
 
     pubs = {
         "Hoffmann 2022": dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28),
@@ -1179,7 +1156,6 @@ def predict(
     res: FitResult, inputs: Mapping[str, Any], *, include_noise: bool = False, seed: int = 0
 ) -> Any:
     """Posterior predictive loss at new inputs: median, mean, 50% and 90% bands (DataFrame)."""
-    import pandas as pd
 
     fm = get_form(res.form)
     missing = [k for k in fm.inputs if k not in inputs]
@@ -1444,7 +1420,6 @@ def add_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_fit_cli(args: argparse.Namespace) -> int:
     """Run `jaxscale fit`; returns a process exit code (1 if diagnostics failed)."""
-    import pandas as pd
 
     df = load_fit_data(args.source, flops_convention=args.flops_convention)
     if args.drop_highest:

@@ -27,8 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jaxscale import store
+from tqdm.auto import tqdm
+
 from jaxscale.config import ConfigError, ModelConfig, RunConfig
+from jaxscale.core import cache, data, flops, multi, train
+from jaxscale.runs import store
 
 DEFAULT_CONVENTION = "kaplan_attn"
 TERMINAL = ("done", "diverged", "failed")
@@ -69,7 +72,6 @@ def steps_for_tokens(tokens: float, batch_size: int, context_length: int) -> int
 
 
 def _flops_per_token(mc: ModelConfig, convention: str) -> float:
-    from jaxscale import flops
 
     if convention not in flops.CONVENTIONS:
         raise ConfigError(
@@ -504,7 +506,6 @@ class _RealTrainer:
         self._corpora: dict[Any, Any] = {}
 
     def __call__(self, cfg: RunConfig, run_dir: Path, *, progress: bool = False) -> dict:
-        from jaxscale import data, train
 
         if cfg.data not in self._corpora:
             self._corpora = {cfg.data: data.load_corpus(cfg.data)}
@@ -514,7 +515,6 @@ class _RealTrainer:
 def enable_compilation_cache(results: Path) -> None:
     """Persist compiled executables in <results>/.jax_cache so reruns skip compiles, unless the
     user (or the CLI) chose a cache already."""
-    from jaxscale import cache
 
     if not cache.user_chose_compilation_cache():
         cache.enable_compilation_cache(results / ".jax_cache")
@@ -568,7 +568,6 @@ def run_sweep(
     with the default trainer, compatible pending runs (see `plan`) are trained K at a time in one
     vmapped step (multi.train_group) unless group=False.
     """
-    from tqdm.auto import tqdm
 
     results = Path(results)
     if "://" in str(results):
@@ -587,8 +586,6 @@ def run_sweep(
             r.mesh.distributed for r in runs
         )
         if group and not multihost:
-            from jaxscale import multi
-
             group_fn = multi.train_group
     groups = task_slice(plan(runs), task_index, num_tasks, convention)
     mine = [r for g in groups for r in g]

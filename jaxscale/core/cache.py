@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jax
+
 
 def cache_dir() -> Path:
     """$JAXSCALE_CACHE, else ~/.cache/jaxscale."""
@@ -17,7 +19,6 @@ def enable_compilation_cache(
 ) -> Path:
     """Use JAX's persistent compilation cache (default <cache_dir>/jax), so a rerun, or another
     run of the same shape, loads compiled programs instead of recompiling them."""
-    import jax
 
     path = Path(path).expanduser() if path is not None else cache_dir() / "jax"
     path.mkdir(parents=True, exist_ok=True)
@@ -29,7 +30,6 @@ def enable_compilation_cache(
 
 def user_chose_compilation_cache() -> bool:
     """True if the user configured (or disabled) the compilation cache themselves."""
-    import jax
 
     return bool(
         os.environ.get("JAX_COMPILATION_CACHE_DIR")

@@ -24,6 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from jaxscale.analysis import fit as fit_lib
+from jaxscale.runs import results as results_lib
+from jaxscale.runs import store
+
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.4, 0.6, 0.8)
 
 
@@ -168,7 +172,6 @@ def extrapolation_errors(
     seed: int = 0,
 ) -> tuple[pd.DataFrame, dict[float, dict[str, float]]]:
     """Fit L(N, S) on each observed fraction, predict every run's final loss; per-run errors."""
-    from jaxscale import fit as fit_lib
 
     rows, params = [], {}
     for f in sorted(fractions):
@@ -262,7 +265,6 @@ def analyse_frames(
 
 def analyse(results: str | Path, **kw: Any) -> EfficiencyStudy:
     """Study of every finished run in a results directory."""
-    from jaxscale import results as results_lib
 
     runs_df, curves_df = results_lib.load(results)
     return analyse_frames(runs_df, curves_df, **kw)
@@ -413,7 +415,6 @@ def add_efficiency_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_efficiency_cli(args: argparse.Namespace) -> int:
     """Entry point for `jaxscale efficiency`."""
-    from jaxscale import store
 
     study = analyse(
         args.results,

@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxscale import axes as ax
 from jaxscale.config import ModelConfig
-from jaxscale.sharding import constrain
+from jaxscale.config import axes as ax
+from jaxscale.core.sharding import constrain
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
+from jaxscale.cli import report
 from jaxscale.config import (
     ConfigError,
     DataConfig,
@@ -21,6 +22,8 @@ from jaxscale.config import (
     load_config,
     parse_overrides,
 )
+from jaxscale.core import cache, train
+from jaxscale.runs import sweep
 
 FIELD_HELP = {
     "model.d_model": "width: residual-stream size",
@@ -119,7 +122,6 @@ def config_from_args(args: argparse.Namespace, extra: Sequence[str]) -> RunConfi
 
 def _cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
     cfg = config_from_args(args, extra)
-    from jaxscale import train
 
     run_dir = args.run_dir or os.path.join("runs", cfg.run_id())
     print(
@@ -133,7 +135,6 @@ def _cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def _cmd_study(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from jaxscale import report, sweep
 
     study = sweep.load_study(args.study)
     runs = study.runs(args.setting)
@@ -181,17 +182,17 @@ def summary_paragraph(s: dict, run_dir: str) -> str:
 
 # Subcommands contributed by library modules: (module, add_parser fn, run fn).
 _PLUGINS = (
-    ("jaxscale.flops", "add_flops_parser", "run_flops_cli"),
-    ("jaxscale.sweep", "add_sweep_parser", "run_sweep_cli"),
-    ("jaxscale.frontier", "add_frontier_parser", "run_frontier_cli"),
-    ("jaxscale.fit", "add_fit_parser", "run_fit_cli"),
-    ("jaxscale.batch", "add_batch_parser", "run_batch_cli"),
-    ("jaxscale.shape", "add_shape_parser", "run_shape_cli"),
-    ("jaxscale.report", "add_report_parser", "run_report_cli"),
-    ("jaxscale.evaluate", "add_eval_parser", "run_eval_cli"),
-    ("jaxscale.shift", "add_shift_parser", "run_shift_cli"),
-    ("jaxscale.lr", "add_lr_parser", "run_lr_cli"),
-    ("jaxscale.efficiency", "add_efficiency_parser", "run_efficiency_cli"),
+    ("jaxscale.cli.flops", "add_flops_parser", "run_flops_cli"),
+    ("jaxscale.runs.sweep", "add_sweep_parser", "run_sweep_cli"),
+    ("jaxscale.analysis.frontier", "add_frontier_parser", "run_frontier_cli"),
+    ("jaxscale.analysis.fit", "add_fit_parser", "run_fit_cli"),
+    ("jaxscale.analysis.critical_batch", "add_batch_parser", "run_batch_cli"),
+    ("jaxscale.analysis.width_depth", "add_shape_parser", "run_shape_cli"),
+    ("jaxscale.cli.report", "add_report_parser", "run_report_cli"),
+    ("jaxscale.core.evaluate", "add_eval_parser", "run_eval_cli"),
+    ("jaxscale.analysis.shift", "add_shift_parser", "run_shift_cli"),
+    ("jaxscale.analysis.lr_sensitivity", "add_lr_parser", "run_lr_cli"),
+    ("jaxscale.analysis.sample_efficiency", "add_efficiency_parser", "run_efficiency_cli"),
 )
 
 
@@ -228,15 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
     q.set_defaults(func=_cmd_study)
     for mod, add, run in _PLUGINS:
-        try:
-            m = importlib.import_module(mod)
-        except ImportError:
-            continue
-        if hasattr(m, add) and hasattr(m, run):
-            before = set(sub.choices)
-            getattr(m, add)(sub)
-            for name in set(sub.choices) - before:
-                sub.choices[name].set_defaults(func=_plugin(getattr(m, run)))
+        m = importlib.import_module(mod)  # a command that cannot load is an error, not a gap
+        before = set(sub.choices)
+        getattr(m, add)(sub)
+        for name in set(sub.choices) - before:
+            sub.choices[name].set_defaults(func=_plugin(getattr(m, run)))
     return parser
 
 
@@ -261,8 +258,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     try:
         if not _cache_chosen():
-            from jaxscale import cache
-
             # Compiled steps and NUTS programs are reused across invocations (~10 s per fit).
             cache.enable_compilation_cache()
         return int(args.func(args, extra) or 0)

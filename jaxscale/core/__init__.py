@@ -1,0 +1,1 @@
+"""Core: model, kernels, sharding, data, FLOP counting, checkpoints and the training loop."""
