@@ -135,8 +135,7 @@ def _multi_sweep(base, K: int, rounds: int, steps: int = 100) -> dict:
     import shutil
     import tempfile
 
-    from jaxscale.core import multi
-    from jaxscale.core import train
+    from jaxscale.core import multi, train
 
     tc = dict(steps=steps, warmup_steps=10, eval_every=50, checkpoint_every=steps)
     cfgs = [
@@ -186,8 +185,7 @@ def _multi_one(name: str, base, K: int, rounds: int) -> dict:
     import jax
     import numpy as np
 
-    from jaxscale.core import multi
-    from jaxscale.core import train
+    from jaxscale.core import multi, train
 
     cfgs = [base.replace(**{"train.seed": i, "train.lr": 1e-3 * (1 + i)}) for i in range(K)]
     tc, mc = base.train, base.model

@@ -18,8 +18,8 @@ Settings:
 
 from __future__ import annotations
 
-from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from jaxscale.analysis.width_depth import shape_runs
+from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
 NAME = "shape"
 DESCRIPTION = "loss vs aspect ratio at fixed non-embedding N (Kaplan 2020 Fig. 5)"

@@ -2,8 +2,8 @@
 
 import sys
 
-from jaxscale.core import train
 from jaxscale.config import DataConfig, MeshConfig, ModelConfig, RunConfig, TrainConfig
+from jaxscale.core import train
 
 
 def config(mesh: MeshConfig) -> RunConfig:

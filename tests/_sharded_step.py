@@ -10,9 +10,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jaxscale.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from jaxscale.core import sharding as shd  # noqa: E402
 from jaxscale.core import train  # noqa: E402
-from jaxscale.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
 
 
 def one_step(cfg, mesh, batch_np):

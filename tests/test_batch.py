@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from jaxscale.analysis import critical_batch as batch
-from jaxscale.runs import store
 from jaxscale.config import ModelConfig, RunConfig, TrainConfig
+from jaxscale.runs import store
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxscale.core import data
 from jaxscale.config import DataConfig
+from jaxscale.core import data
 
 SMALL = 200_000  # bytes of stdlib: enough documents for a split, fast to read
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from jaxscale import cli
-from jaxscale.core import evaluate
 from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from jaxscale.core import evaluate
 
 
 def test_planted_position_power_law_recovered():

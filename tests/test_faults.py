@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from jaxscale.runs import store
 from jaxscale.core import train
+from jaxscale.runs import store
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import _cfg, _cli, _losses  # noqa: E402

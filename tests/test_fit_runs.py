@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from jaxscale.analysis import fit
+from jaxscale.config import ModelConfig, RunConfig, TrainConfig
 from jaxscale.core import flops
 from jaxscale.runs import store
-from jaxscale.config import ModelConfig, RunConfig, TrainConfig
 
 
 def _write_run(root, width, depth, steps, status, loss):

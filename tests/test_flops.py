@@ -14,8 +14,8 @@ import textwrap
 import jax.numpy as jnp
 import pytest
 
-from jaxscale.core import flops, train
 from jaxscale.config import ModelConfig, RunConfig, TrainConfig
+from jaxscale.core import flops, train
 
 # d=16, L=2, 2 heads of 8, d_ff=32, V=50 -> padded 56, T=10, RMSNorm, RoPE, GELU, tied.
 SMALL = ModelConfig(d_model=16, n_layers=2, n_heads=2, d_ff=32, vocab_size=50, context_length=10)

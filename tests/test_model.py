@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxscale.core import model
 from jaxscale.config import (
     ConfigError,
     ModelConfig,
@@ -15,6 +14,7 @@ from jaxscale.config import (
     apply_overrides,
     load_config,
 )
+from jaxscale.core import model
 
 
 def _closed_form_params(

@@ -6,10 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from jaxscale.core import multi
-from jaxscale.runs import store
-from jaxscale.core import train
 from jaxscale.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
+from jaxscale.core import multi, train
+from jaxscale.runs import store
 
 DATA = DataConfig(max_bytes=2_000_000)
 

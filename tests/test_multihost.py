@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from jaxscale.runs import store
-from jaxscale.core import train
 from jaxscale.config import MeshConfig
+from jaxscale.core import train
+from jaxscale.runs import store
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _multihost_worker import config  # noqa: E402

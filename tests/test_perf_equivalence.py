@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxscale.core import model
 from jaxscale.config import ModelConfig
+from jaxscale.core import model
 
 
 def _qkv(T, N=2, H=16, B=2, dtype=jnp.float32, seed=0):

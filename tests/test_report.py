@@ -6,8 +6,8 @@ import re
 import numpy as np
 
 from jaxscale import cli
-from jaxscale.runs import store
 from jaxscale.config import ModelConfig, RunConfig, TrainConfig
+from jaxscale.runs import store
 from jaxscale.runs.sweep import budget_tag
 
 # Planted law L = E + A/N^alpha + B/D^beta (Hoffmann 2022 eq. 2) => a = beta/(alpha+beta) = 0.5.

@@ -8,10 +8,9 @@ import warnings
 import numpy as np
 import pytest
 
-from jaxscale.core import flops
-from jaxscale.runs import results
-from jaxscale.runs import store
 from jaxscale.config import ModelConfig, RunConfig, TrainConfig
+from jaxscale.core import flops
+from jaxscale.runs import results, store
 
 
 def _cfg(width: int, steps: int = 10, name: str = "r") -> RunConfig:

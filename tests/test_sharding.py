@@ -9,8 +9,8 @@ from pathlib import Path
 import jax
 import pytest
 
-from jaxscale.core import sharding as shd
 from jaxscale.config import ConfigError
+from jaxscale.core import sharding as shd
 
 
 def test_sharded_step_matches_single_device():

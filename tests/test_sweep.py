@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from jaxscale.core import flops
-from jaxscale.runs import store
-from jaxscale.runs import sweep
 from jaxscale.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
+from jaxscale.core import flops
+from jaxscale.runs import store, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = RunConfig(

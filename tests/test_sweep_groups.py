@@ -2,10 +2,9 @@
 
 import math
 
-from jaxscale.runs import store
-from jaxscale.runs import sweep
-from jaxscale.core import train
 from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from jaxscale.core import train
+from jaxscale.runs import store, sweep
 
 
 def _base(**train_kw):

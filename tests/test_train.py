@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxscale.core import data
-from jaxscale.runs import store
-from jaxscale.core import train
 from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from jaxscale.core import data, train
+from jaxscale.runs import store
 
 DATA = DataConfig(max_bytes=2_000_000)
 
