@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from typing import Any
 
-from jaxscale.config import ModelConfig, RunConfig, load_config
+from jaxscale.config import RunConfig, load_config
 from jaxscale.core import flops, train
 
 
@@ -27,7 +28,9 @@ def add_flops_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config field, e.g. model.d_model=256 (repeatable)",
     )
-    p.add_argument("--width", type=int, default=None, help="d_model (heads of 64, d_ff 4x)")
+    p.add_argument(
+        "--width", type=int, default=None, help="d_model (heads and d_ff follow the base model)"
+    )
     p.add_argument("--depth", type=int, default=None, help="n_layers (with --width)")
     p.add_argument("--tokens", type=float, default=None, help="training tokens D (default: run's)")
     p.add_argument("--seq-len", type=int, default=None, help="sequence length (default: context)")
@@ -45,28 +48,7 @@ def _model_from_args(run: RunConfig, width: int | None, depth: int | None) -> Ru
     if width is None and depth is None:
         return run
     m = run.model
-    keep = {
-        k: getattr(m, k)
-        for k in (
-            "vocab_size",
-            "context_length",
-            "activation",
-            "norm",
-            "position",
-            "tie_embeddings",
-            "param_dtype",
-            "compute_dtype",
-            "scan_layers",
-            "remat",
-            "rope_base",
-            "init_std",
-            "vocab_multiple",
-        )
-    }
-    new = ModelConfig.from_width_depth(width or m.d_model, depth or m.n_layers, **keep)
-    return run.replace(
-        **{f"model.{k}": getattr(new, k) for k in ("d_model", "n_layers", "n_heads", "d_ff")}
-    )
+    return dataclasses.replace(run, model=m.resized(width or m.d_model, depth or m.n_layers))
 
 
 def _fmt(x: float) -> str:
@@ -102,7 +84,7 @@ def format_report(
     out.append(f"  {'train (x3) per token':<{w}}  {_fmt(3 * fwd):>12}")
     out += ["", f"training FLOPs for D = {D:.4g} tokens (6ND = {6 * N * D:.4e}):"]
     out.append(f"  {'convention':<20} {'per token':>12} {'C = per token x D':>18} {'/ 6ND':>8}")
-    for c, f in flops.all_flops.flops_per_token(cfg, T).items():
+    for c, f in flops.all_flops_per_token(cfg, T).items():
         out.append(f"  {c:<20} {_fmt(f):>12} {f * D:>18.4e} {f / (6 * N):>8.4f}")
     return "\n".join(out)
 

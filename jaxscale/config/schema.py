@@ -34,6 +34,16 @@ def _normalise(obj: Any) -> None:
             object.__setattr__(obj, n, float(v))
 
 
+def _field(default: Any, help: str) -> Any:
+    """A dataclass field whose help text `--help` shows."""
+    return field(default=default, metadata={"help": help})
+
+
+def help_text(cls: type, name: str) -> str:
+    """The help text of config field `name` of `cls`."""
+    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
+
+
 def _require(ok: bool, name: str, msg: str) -> None:
     if not ok:
         raise ConfigError(f"{name}: {msg}")
@@ -71,23 +81,23 @@ SCHEDULES = ("cosine", "constant", "wsd")
 class ModelConfig:
     """Decoder-only transformer shape; everything the model needs and nothing else."""
 
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    d_ff: int = 512
-    vocab_size: int = 257
-    context_length: int = 256
-    activation: str = "gelu"
-    norm: str = "rmsnorm"
-    position: str = "rope"
-    tie_embeddings: bool = True
-    param_dtype: str = "float32"
-    compute_dtype: str = "float32"
-    scan_layers: bool = True
-    remat: str = "none"
-    rope_base: float = 10000.0
-    init_std: float = 0.02
-    vocab_multiple: int = 8
+    d_model: int = _field(128, "width: residual-stream size")
+    n_layers: int = _field(2, "depth: number of transformer blocks")
+    n_heads: int = _field(4, "attention heads (must divide d_model)")
+    d_ff: int = _field(512, "MLP hidden size")
+    vocab_size: int = _field(257, "tokenizer vocabulary (257 for bytes + end-of-document)")
+    context_length: int = _field(256, "tokens per training sequence")
+    activation: str = _field("gelu", "gelu | swiglu")
+    norm: str = _field("rmsnorm", "rmsnorm | layernorm")
+    position: str = _field("rope", "rope | learned | none")
+    tie_embeddings: bool = _field(True, "share the input embedding and the output head")
+    param_dtype: str = _field("float32", "float32 | bfloat16 parameter storage")
+    compute_dtype: str = _field("float32", "float32 | bfloat16 matmuls (bfloat16 pays on TPU/GPU)")
+    scan_layers: bool = _field(True, "lax.scan over depth (fast compile) instead of unrolling")
+    remat: str = _field("none", "none | full | dots: rematerialise blocks to save memory")
+    rope_base: float = _field(10000.0, "RoPE frequency base (Su et al. 2021)")
+    init_std: float = _field(0.02, "std of the normal init of weight matrices")
+    vocab_multiple: int = _field(8, "pad embedding rows to a multiple of this (tensor sharding)")
 
     def __post_init__(self) -> None:
         _normalise(self)
@@ -155,6 +165,26 @@ class ModelConfig:
     def n_params(self) -> int:
         return self.n_params_embedding + self.n_params_nonembedding
 
+    def resized(
+        self, width: int, depth: int, *, head_dim: int | None = None, ffn_ratio: float | None = None
+    ) -> ModelConfig:
+        """The one sizing rule: this model at (width, depth), keeping its head_dim, MLP ratio and
+        every other field (heads and d_ff derived by `from_width_depth`)."""
+        keep = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("d_model", "n_layers", "n_heads", "d_ff")
+        }
+        # SwiGLU's d_ff is 2/3 of the GELU-equivalent (rounded up to 8), so its ratio is the 4x one.
+        ratio = 4.0 if self.activation == "swiglu" else self.d_ff / self.d_model
+        return ModelConfig.from_width_depth(
+            width,
+            depth,
+            head_dim=head_dim or self.head_dim,
+            ffn_ratio=ratio if ffn_ratio is None else ffn_ratio,
+            **keep,
+        )
+
     @classmethod
     def from_width_depth(
         cls,
@@ -200,12 +230,14 @@ class DataConfig:
     tokenizer: "byte" (256 bytes + end-of-document) or "bpe:PATH.json" / "bpe:VOCAB_SIZE".
     """
 
-    corpus: str = "stdlib"
-    tokenizer: str = "byte"
-    val_fraction: float = 0.05
-    max_bytes: int | None = 8_000_000
-    token_dtype: str = "uint16"
-    split_seed: int = 0
+    corpus: str = _field(
+        "stdlib", "stdlib (built in) | text file/dir/glob | tokens:PATH | hf:NAME[:SPLIT[:FIELD]]"
+    )
+    tokenizer: str = _field("byte", "byte | bpe:PATH.json | bpe:VOCAB_SIZE (trained locally)")
+    val_fraction: float = _field(0.05, "fraction of documents held out for evaluation")
+    max_bytes: int | None = _field(8_000_000, "cap on corpus bytes read (null for all)")
+    token_dtype: str = _field("uint16", "uint16 | uint32 element type of tokens: files")
+    split_seed: int = _field(0, "seed of the train/validation split by document")
 
     def __post_init__(self) -> None:
         _normalise(self)
@@ -233,27 +265,29 @@ class DataConfig:
 class TrainConfig:
     """Optimisation and loop settings (AdamW, schedule, eval, checkpoints)."""
 
-    batch_size: int = 16
-    steps: int = 200
-    grad_accum: int = 1
-    lr: float = 3e-3
-    schedule: str = "cosine"
-    warmup_steps: int = 20
-    min_lr_ratio: float = 0.1
-    decay_fraction: float = 0.2
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0
-    eval_every: int = 50
-    eval_batches: int = 4
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    log_every: int = 1
-    seed: int = 0
-    gns: bool = False
-    gns_ema: float = 0.95
+    batch_size: int = _field(16, "global sequences per optimizer step")
+    steps: int = _field(200, "optimizer steps")
+    grad_accum: int = _field(1, "microbatches per step (>= 2 enables the gradient noise scale)")
+    lr: float = _field(3e-3, "peak learning rate (AdamW)")
+    schedule: str = _field("cosine", "cosine | constant | wsd (warmup-stable-decay)")
+    warmup_steps: int = _field(20, "linear warmup steps")
+    min_lr_ratio: float = _field(0.1, "final LR / peak LR")
+    decay_fraction: float = _field(0.2, "wsd: fraction of steps in the final linear decay")
+    weight_decay: float = _field(
+        0.1, "decoupled weight decay on matrices (Loshchilov & Hutter 2019)"
+    )
+    beta1: float = _field(0.9, "Adam first-moment decay")
+    beta2: float = _field(0.95, "Adam second-moment decay")
+    eps: float = _field(1e-8, "Adam epsilon")
+    grad_clip: float = _field(1.0, "global-norm clip (0 disables)")
+    eval_every: int = _field(50, "steps between validation evaluations")
+    eval_batches: int = _field(4, "validation batches per evaluation")
+    checkpoint_every: int = _field(100, "steps between orbax checkpoints")
+    keep_checkpoints: int = _field(2, "checkpoints kept on disk")
+    log_every: int = _field(1, "steps between throughput measurements")
+    seed: int = _field(0, "init and data-order seed")
+    gns: bool = _field(False, "log the gradient noise scale B_simple (McCandlish et al. 2018)")
+    gns_ema: float = _field(0.95, "EMA decay of the noise-scale estimates")
 
     def __post_init__(self) -> None:
         _normalise(self)
@@ -289,11 +323,20 @@ class TrainConfig:
 class MeshConfig:
     """Device mesh spec 'data=-1,fsdp=1,tensor=1' (-1 takes the remaining devices)."""
 
-    spec: str = "data=-1,fsdp=1,tensor=1"
-    distributed: bool = False
-    coordinator: str | None = None
-    num_processes: int | None = None
-    process_id: int | None = None
+    spec: str = _field(
+        "data=-1,fsdp=1,tensor=1",
+        "device mesh, e.g. data=-1,fsdp=1,tensor=1 (-1 takes the remaining devices)",
+    )
+    distributed: bool = _field(False, "call jax.distributed.initialize (multi-host)")
+    coordinator: str | None = _field(
+        None, "host:port of process 0 (multi-host without auto-discovery)"
+    )
+    num_processes: int | None = _field(
+        None, "number of processes (multi-host without auto-discovery)"
+    )
+    process_id: int | None = _field(
+        None, "this process's index (multi-host without auto-discovery)"
+    )
 
     def __post_init__(self) -> None:
         self.axes()  # validates the spec
@@ -327,11 +370,11 @@ class MeshConfig:
 class RunConfig:
     """One training run: model, data, training and mesh settings."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    mesh: MeshConfig = field(default_factory=MeshConfig)
-    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "model shape"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "corpus and split"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "optimisation"})
+    mesh: MeshConfig = field(default_factory=MeshConfig, metadata={"help": "device mesh"})
+    name: str = _field("run", "a label for humans; not part of the run ID")
 
     def __post_init__(self) -> None:
         for f, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig)):
