@@ -27,11 +27,14 @@ def _float_fields(cls: type) -> tuple[str, ...]:
 
 
 def _normalise(obj: Any) -> None:
-    """Store ints given for float fields as floats, so equal configs get equal run IDs."""
+    """Store ints given for float fields as floats (equal configs get equal run IDs) and refuse
+    NaN or infinity, which would otherwise surface much later as a 'diverged' run."""
     for n in _float_fields(type(obj)):
         v = getattr(obj, n)
         if isinstance(v, int) and not isinstance(v, bool):
             object.__setattr__(obj, n, float(v))
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{type(obj).__name__}.{n}: must be a finite number, got {v}")
 
 
 def _field(default: Any, help: str) -> Any:
@@ -121,6 +124,7 @@ class ModelConfig:
             f"RoPE needs an even head_dim, got {self.head_dim}; change n_heads or d_model",
         )
         _require(self.init_std > 0, "ModelConfig.init_std", "must be > 0")
+        _require(self.rope_base > 1, "ModelConfig.rope_base", f"must be > 1, got {self.rope_base}")
 
     @property
     def head_dim(self) -> int:
@@ -305,13 +309,23 @@ class TrainConfig:
         _require(
             0 <= self.warmup_steps <= self.steps,
             "TrainConfig.warmup_steps",
-            f"must be in [0, steps={self.steps}], got {self.warmup_steps}",
+            f"{self.warmup_steps} warmup steps do not fit in a run of {self.steps} steps; "
+            f"set train.warmup_steps to at most {self.steps} (e.g. {max(0, self.steps // 10)})",
         )
         _require(0 <= self.min_lr_ratio <= 1, "TrainConfig.min_lr_ratio", "must be in [0, 1]")
         _require(0 < self.decay_fraction <= 1, "TrainConfig.decay_fraction", "must be in (0, 1]")
         _require(self.weight_decay >= 0, "TrainConfig.weight_decay", "must be >= 0")
         _require(self.grad_clip >= 0, "TrainConfig.grad_clip", "must be >= 0 (0 disables)")
         _require(0 <= self.gns_ema < 1, "TrainConfig.gns_ema", "must be in [0, 1)")
+        for b in ("beta1", "beta2"):
+            v = getattr(self, b)
+            _require(0 <= v < 1, f"TrainConfig.{b}", f"must be in [0, 1), got {v}")
+        _require(self.eps > 0, "TrainConfig.eps", f"must be > 0, got {self.eps}")
+        _require(
+            isinstance(self.seed, int) and 0 <= self.seed < 2**31,
+            "TrainConfig.seed",
+            f"must be in [0, 2**31) (JAX's int32 keys; grouped runs stack seeds), got {self.seed}",
+        )
         _require(
             not self.gns or self.grad_accum >= 2,
             "TrainConfig.gns",
