@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: model sizes, steppers, interleaved timing."""
+"""Shared pieces of the benchmarks: model sizes, steppers, interleaved timing, reference data."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"  # the repository's reference data
 
 SIZES = {
     # name: (d_model, n_layers, n_heads, d_ff); context 256, byte vocab, batch 16.

@@ -1,12 +1,14 @@
 """Width versus depth: loss vs aspect ratio d_model/n_layers at fixed non-embedding N
 (Kaplan et al. 2020, Fig. 5), on byte-level stdlib source.
 
-    jaxscale sweep run experiments/shape.py              # 3 N levels x ~7 shapes, ~5 h on 2 cores
+    jaxscale sweep run experiments/shape.py              # 3 N levels x 7 shapes, ~5 h on 2 cores
     jaxscale shape results/shape                         # r*(N), penalties, drift, plot
 
 Settings:
-  default  N = 3e4, 1e5, 3e5; shapes spanning 2 decades of aspect ratio around r = 50 (fixed
-           head_dim 16, 4x GELU MLP), each trained on 20 tokens per parameter (Hoffmann 2022).
+  default  N = 1.5e5, 4e5, 1e6; 7 shapes per level spanning 2 decades of aspect ratio, centred
+           on r = 50 but shifted to end at the 1-layer shape: r = 1.1-112 (22 x 24 to 1 x 112),
+           1.9-184 (21 x 40 to 1 x 184), 3.2-288 (20 x 64 to 1 x 288); fixed head_dim 8, 4x GELU
+           MLP; each trained on 20 tokens per parameter (Hoffmann 2022).
   compute  the same grid at fixed training compute per level (kaplan_attn FLOPs): deep, narrow
            shapes pay more attention FLOPs per token and so see fewer tokens.
   tiny     one level N = 8e4, 5 shapes from (11 layers x 24) to (1 x 80) (1.5 decades), 20 steps;

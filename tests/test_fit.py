@@ -7,6 +7,7 @@ per (form, data size, settings); the slow SBC test adds ~5 min.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import warnings
 from pathlib import Path
@@ -17,10 +18,10 @@ import pytest
 from scipy import stats
 
 from jaxscale.analysis import fit as F
+from jaxscale.cli import fit as fit_cli
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-DATA = Path(__file__).parents[1].parent / "shared/data" / "chinchilla_epoch_svg_extracted.csv"
 SMALL = dict(chains=4, warmup=300, draws=400)  # one compile shared by the synthetic NUTS tests
 
 
@@ -70,7 +71,7 @@ def test_recovery_nuts(truth: dict) -> None:
     res = F.fit(data, "chinchilla", seed=0, quiet=True, **SMALL)
     # short chains: R-hat threshold looser than the 1.01 flag used for real fits
     assert res.diagnostics["max_r_hat"] < 1.03 and res.diagnostics["min_ess"] > 200
-    s = res.summary()
+    s = res.table()
     for k in ("log_E", "alpha", "beta"):
         err = abs(s.loc[k, "median"] - truth[k])
         assert err < 4 * s.loc[k, "sd"] + 0.01, (k, s.loc[k, "median"], truth[k])
@@ -148,33 +149,33 @@ def test_calibration_sbc_full() -> None:
         assert lo <= k <= hi, (j, k)
 
 
-def _chinchilla_240() -> pd.DataFrame:
-    if not DATA.exists():
-        pytest.skip(f"reference data not found at {DATA}")
-    df = pd.read_csv(DATA)
+def _chinchilla_240(path: Path) -> pd.DataFrame:
+    df = pd.read_csv(path)
     df = df[df["loss"] < sorted(df["loss"])[-5]]  # Besiroglu 2024: drop 5 highest losses
     assert len(df) == 240
     return df
 
 
-def test_chinchilla_huber_baseline_matches_besiroglu() -> None:
-    res = F.fit_huber(_chinchilla_240(), n_boot=100, seed=0)
+def test_chinchilla_huber_baseline_matches_besiroglu(chinchilla_csv: Path) -> None:
+    res = F.fit_huber(_chinchilla_240(chinchilla_csv), n_boot=100, seed=0)
     p = res.point
     assert abs(p["E"] - 1.817) < 0.02
     assert abs(p["alpha"] - 0.348) < 0.01
     assert abs(p["beta"] - 0.366) < 0.01
     assert 400 < p["A"] < 580 and 1500 < p["B"] < 3000
-    s = res.summary()
+    s = res.table()
     # bootstrap 90% intervals sit inside-ish the published 95% ones (E [1.769, 1.871] ...)
     assert 1.74 < s.loc["E", "q5"] < 1.817 < s.loc["E", "q95"] < 1.90
     assert 0.30 < s.loc["alpha", "q5"] < 0.348 < s.loc["alpha", "q95"] < 0.39
     assert 0.32 < s.loc["beta", "q5"] < 0.366 < s.loc["beta", "q95"] < 0.44
 
 
-def test_chinchilla_nuts_matches_besiroglu() -> None:
-    res = F.fit(_chinchilla_240(), "chinchilla", chains=4, warmup=500, draws=500, seed=0)
+def test_chinchilla_nuts_matches_besiroglu(chinchilla_csv: Path) -> None:
+    res = F.fit(
+        _chinchilla_240(chinchilla_csv), "chinchilla", chains=4, warmup=500, draws=500, seed=0
+    )
     assert res.diagnostics["max_r_hat"] < 1.02 and res.diagnostics["divergences"] == 0
-    s = res.summary()
+    s = res.table()
     assert 1.769 < s.loc["E", "median"] < 1.871
     assert 0.317 < s.loc["alpha", "median"] < 0.373
     assert 0.331 < s.loc["beta", "median"] < 0.415
@@ -241,23 +242,22 @@ def test_custom_form_register_laplace_predict_compare(tmp_path: Path) -> None:
     flat = F.fit(
         {"S": r, "loss": loss}, "power_S", method="laplace", draws=2000
     )  # wrong (monotone) form
-    flat.inputs = res.inputs  # same data points for LOO
+    flat = dataclasses.replace(flat, inputs=res.inputs)  # same data points for LOO
     cmp = F.compare({"penalty": res, "power": flat})
     assert cmp.index[0] == "penalty"
-    paths = F.save_result(res, tmp_path)
-    assert {"json", "csv", "npz"} <= set(paths) and paths["json"].exists()
+    paths = res.save(tmp_path)
+    assert {"summary.json", "summary.csv", "samples.npz"} <= {p.name for p in paths}
+    assert all(p.exists() for p in paths)
     assert (tmp_path / "fit_data.png").exists() and (tmp_path / "fit_data.svg").exists()
 
 
-def test_cli_on_epoch_csv_map(tmp_path: Path) -> None:
-    if not DATA.exists():
-        pytest.skip("reference data missing")
+def test_cli_on_epoch_csv_map(tmp_path: Path, chinchilla_csv: Path) -> None:
     parser = argparse.ArgumentParser()
-    F.add_fit_parser(parser.add_subparsers(dest="cmd"))
+    fit_cli.add_parser(parser.add_subparsers(dest="cmd"))
     args = parser.parse_args(
         [
             "fit",
-            str(DATA),
+            str(chinchilla_csv),
             "--method",
             "map",
             "--drop-highest",
@@ -268,7 +268,7 @@ def test_cli_on_epoch_csv_map(tmp_path: Path) -> None:
             str(tmp_path),
         ]
     )
-    assert F.run_fit_cli(args) == 0
+    assert fit_cli.run(args) == 0
     info = __import__("json").loads((tmp_path / "summary.json").read_text())
     assert info["n_points"] == 240 and info["form"] == "chinchilla"
     assert 10 < info["optimal"]["tokens_per_param"]["q50"] < 40

@@ -10,5 +10,3 @@ HEAD_DIM = "head_dim"
 VOCAB = "vocab"
 LAYERS = "layers"
 NORM = "norm"
-
-ALL = (BATCH, LENGTH, EMBED, MLP, HEADS, KV_HEADS, HEAD_DIM, VOCAB, LAYERS, NORM)

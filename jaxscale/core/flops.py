@@ -271,16 +271,6 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
     "H100": {"bfloat16": 989e12, "tfloat32": 495e12, "float32": 67e12},
     "H200": {"bfloat16": 989e12, "tfloat32": 495e12, "float32": 67e12},
 }
-_PEAK_SOURCES = {
-    "TPU v4": "cloud.google.com/tpu/docs/v4",
-    "TPU v5 lite": "cloud.google.com/tpu/docs/v5e",
-    "TPU v5p": "cloud.google.com/tpu/docs/v5p",
-    "TPU v6 lite": "cloud.google.com/tpu/docs/v6e",
-    "A100": "nvidia.com/en-us/data-center/a100",
-    "H100 PCIe": "nvidia.com/en-us/data-center/h100",
-    "H100": "nvidia.com/en-us/data-center/h100",
-    "H200": "nvidia.com/en-us/data-center/h200",
-}
 # device_kind strings as JAX reports them -> table key (most specific first).
 _KIND_ALIASES = (
     ("tpu v5 lite", "TPU v5 lite"),
@@ -347,7 +337,7 @@ def mfu(
     cfg: ModelConfig,
     n_devices: int = 1,
     dtype: str = "float32",
-    convention: str = "exact_causal",
+    convention: str = "exact",  # the convention training logs MFU with, so the two agree
     peak: float | None = None,
 ) -> float:
     """Model FLOPs utilisation: training FLOP/s of the model over n_devices x device peak."""

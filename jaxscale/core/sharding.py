@@ -78,10 +78,6 @@ def make_mesh(cfg: MeshConfig | str, devices: Sequence[jax.Device] | None = None
     return Mesh(dev_array, MESH_AXES, axis_types=auto)
 
 
-def named(mesh: Mesh, names: Sequence[str | None]) -> NamedSharding:
-    return NamedSharding(mesh, logical_to_spec(names, mesh))
-
-
 def tree_shardings(mesh: Mesh, logical_tree, shapes_tree=None):
     """NamedShardings for a tree of logical-name tuples; checks each sharded dim divides."""
     is_names = lambda x: isinstance(x, tuple) and all(isinstance(n, (str, type(None))) for n in x)
