@@ -58,12 +58,11 @@ def jax_stepper(name: str, cfg, *, blocked: bool | None = None) -> Stepper:
     """The real jaxscale step (train.setup) on a fixed random batch; compile timed separately."""
     import jax
 
-    from jaxscale.core import model as model_lib
-    from jaxscale.core import train
+    from jaxscale.core import kernels, train
 
-    orig = model_lib.use_blocked_attention
+    orig = kernels.use_blocked_attention
     if blocked is not None:
-        model_lib.use_blocked_attention = lambda: blocked
+        kernels.use_blocked_attention = lambda: blocked
     try:
         s = train.setup(cfg)
         state = s.init_fn()
@@ -74,7 +73,7 @@ def jax_stepper(name: str, cfg, *, blocked: bool | None = None) -> Stepper:
         compiled = s.step_fn.lower(state, batch).compile()
         compile_s = time.perf_counter() - t0
     finally:
-        model_lib.use_blocked_attention = orig
+        kernels.use_blocked_attention = orig
     box = {"state": state}
 
     def run(n: int) -> None:

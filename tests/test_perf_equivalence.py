@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from jaxscale.config import ModelConfig
-from jaxscale.core import model
+from jaxscale.core import kernels, model
 
 
 def _qkv(T, N=2, H=16, B=2, dtype=jnp.float32, seed=0):
@@ -19,7 +19,7 @@ def _blocked(q, k, v):
     """The CPU path whatever the backend."""
     scale = 1.0 / np.sqrt(q.shape[-1])
     t = lambda x: jnp.transpose(x, (0, 2, 1, 3))
-    return t(model.blocked_causal_attention(t(q * scale), t(k), t(v)))
+    return t(kernels.blocked_causal_attention(t(q * scale), t(k), t(v)))
 
 
 def _reference(q, k, v):
@@ -41,10 +41,10 @@ def test_blocked_attention_matches_reference_values_and_grads(T):
 
 
 def test_blocked_attention_block_bounds_cover_and_skip_masked_blocks():
-    bounds = model._block_bounds(600)
+    bounds = kernels._block_bounds(600)
     assert bounds[0][0] == 0 and bounds[-1][1] == 600
     assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
-    assert len(model._block_bounds(256)) == 4  # 64-row blocks: 10/16 of the scores computed
+    assert len(kernels._block_bounds(256)) == 4  # 64-row blocks: 10/16 of the scores computed
     assert len(bounds) <= 8  # long contexts: unroll stays bounded
 
 
@@ -73,13 +73,13 @@ def test_dense_and_gelu_vjps_equal_autodiff():
     ks = jax.random.split(jax.random.key(3), 3)
     x, w = jax.random.normal(ks[0], (33, 20)), jax.random.normal(ks[1], (20, 7))
     g = jax.random.normal(ks[2], (33, 7))
-    got = jax.grad(lambda x, w: jnp.sum(model.dense(x, w) * g), argnums=(0, 1))(x, w)
+    got = jax.grad(lambda x, w: jnp.sum(kernels.dense(x, w) * g), argnums=(0, 1))(x, w)
     want = jax.grad(lambda x, w: jnp.sum((x @ w) * g), argnums=(0, 1))(x, w)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     u = jnp.linspace(-6, 6, 1001)
     np.testing.assert_allclose(
-        jax.grad(lambda u: jnp.sum(model.gelu_tanh(u)))(u),
+        jax.grad(lambda u: jnp.sum(kernels.gelu_tanh(u)))(u),
         jax.grad(lambda u: jnp.sum(jax.nn.gelu(u, approximate=True)))(u),
         atol=1e-6,
     )
@@ -88,13 +88,13 @@ def test_dense_and_gelu_vjps_equal_autodiff():
 @pytest.mark.parametrize("kw", [{}, {"activation": "swiglu", "norm": "layernorm"}])
 def test_model_cpu_path_equals_fused_attention_path(monkeypatch, kw):
     """Whole-model logits and grads: blocked CPU path vs jax.nn.dot_product_attention."""
-    assert model.use_blocked_attention() == (jax.default_backend() == "cpu")
+    assert kernels.use_blocked_attention() == (jax.default_backend() == "cpu")
     cfg = ModelConfig.from_width_depth(64, 2, head_dim=16, context_length=96, **kw)
     gd, st = model.init_state(cfg, 0)
     tok = jax.random.randint(jax.random.key(1), (2, 96), 0, 257)
 
     def run(blocked):
-        monkeypatch.setattr(model, "use_blocked_attention", lambda: blocked)
+        monkeypatch.setattr(kernels, "use_blocked_attention", lambda: blocked)
 
         def loss(st):
             return jnp.mean(nnx.merge(gd, st)(tok) ** 2)
