@@ -135,7 +135,8 @@ def _multi_sweep(base, K: int, rounds: int, steps: int = 100) -> dict:
     import shutil
     import tempfile
 
-    from jaxscale.core import multi, train
+    from jaxscale.core import train
+    from jaxscale.runs.rundir import RunDir
 
     tc = dict(steps=steps, warmup_steps=10, eval_every=50, checkpoint_every=steps)
     cfgs = [
@@ -151,12 +152,12 @@ def _multi_sweep(base, K: int, rounds: int, steps: int = 100) -> dict:
     root = Path(tempfile.mkdtemp(prefix="jaxscale-bench-"))
     counter = iter(range(10**6))
 
-    def dirs() -> list[Path]:
+    def dirs() -> list[RunDir]:
         i = next(counter)
-        return [root / f"{i}-{k}" for k in range(K)]
+        return [RunDir(root / f"{i}-{k}") for k in range(K)]
 
     def grp(n: int) -> None:
-        multi.train_group(cfgs, dirs(), progress=False)
+        train.train_group(cfgs, dirs(), progress=False)
 
     def seq(n: int) -> None:
         for c, d in zip(cfgs, dirs()):
@@ -185,7 +186,7 @@ def _multi_one(name: str, base, K: int, rounds: int) -> dict:
     import jax
     import numpy as np
 
-    from jaxscale.core import multi, train
+    from jaxscale.core import train
 
     cfgs = [base.replace(**{"train.seed": i, "train.lr": 1e-3 * (1 + i)}) for i in range(K)]
     tc, mc = base.train, base.model
@@ -203,8 +204,8 @@ def _multi_one(name: str, base, K: int, rounds: int) -> dict:
         jax.block_until_ready(sts)
         box["states"] = sts
 
-    g = multi.setup_group(base, K)
-    gstate = multi.init_group(g, cfgs)
+    g = train.setup_group(base, K)
+    gstate = train.init_group(g, cfgs)
     gbatch = jax.device_put(np.stack([np.asarray(b) for b in batches]), g.batch_sharding)
     active = np.ones(K, bool)
     gstep = g.step_fn.lower(gstate, gbatch, active).compile()

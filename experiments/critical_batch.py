@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from jaxscale.runs.sweep import batch_grid_runs, with_steps
+from jaxscale.runs.grids import batch_grid_runs, with_steps
 
 NAME = "critical_batch"
 DESCRIPTION = "steps vs examples to reach fixed losses across batch sizes, and B_simple"

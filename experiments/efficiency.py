@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from jaxscale.runs.sweep import model_for, with_steps
+from jaxscale.runs.grids import model_for, with_steps
 
 NAME = "sizes"
 DESCRIPTION = "model-size sweep with dense eval curves (sample efficiency, position, shift)"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from jaxscale.runs.sweep import lr_grid_runs
+from jaxscale.runs.grids import lr_grid_runs
 
 NAME = "lr"
 DESCRIPTION = "peak learning rate × model size (and batch size) grid"

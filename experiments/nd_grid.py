@@ -10,7 +10,7 @@ every size sees every data amount, so the fitter separates the N and D terms.
 from __future__ import annotations
 
 from jaxscale.config import ModelConfig, RunConfig, TrainConfig
-from jaxscale.runs.sweep import nd_grid_runs
+from jaxscale.runs.grids import nd_grid_runs
 
 NAME = "nd_grid"
 DESCRIPTION = "every model size × every token count, for a joint L(N, D) fit"

@@ -19,7 +19,7 @@ machine and is what the test suite runs:
 from __future__ import annotations
 
 from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from jaxscale.runs.sweep import isoflop_runs
+from jaxscale.runs.grids import isoflop_runs
 
 NAME = "quickstart"
 DESCRIPTION = "isoFLOP profiles of small byte-level transformers on Python stdlib source"

@@ -4,6 +4,7 @@ import sys
 
 from jaxscale.config import DataConfig, MeshConfig, ModelConfig, RunConfig, TrainConfig
 from jaxscale.core import train
+from jaxscale.runs.rundir import RunDir
 
 
 def config(mesh: MeshConfig) -> RunConfig:
@@ -24,5 +25,5 @@ if __name__ == "__main__":
         num_processes=2,
         process_id=pid,
     )
-    s = train.train(config(mesh), run_dir, progress=False)
+    s = train.train(config(mesh), RunDir(run_dir), progress=False)
     print("STATUS", s["status"], s["loss"])

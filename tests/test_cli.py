@@ -1,5 +1,6 @@
 """Bad input through the CLI: one readable line, non-zero exit, no traceback."""
 
+import argparse
 import subprocess
 import sys
 
@@ -7,6 +8,8 @@ import numpy as np
 import pytest
 
 from jaxscale import cli
+from jaxscale.cli import app
+from jaxscale.runs.rundir import RunDir
 
 TINY = [
     "--model.d_model=32",
@@ -120,11 +123,59 @@ def test_help_lists_every_config_key(capsys):
         assert key in out
 
 
+COMMANDS = [
+    "train",
+    "study",
+    "flops",
+    "sweep",
+    "frontier",
+    "fit",
+    "critical-batch",
+    "shape",
+    "report",
+    "eval",
+    "shift",
+    "lr",
+    "efficiency",
+]
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_every_command_registers_and_dispatches():
+    commands = _subcommands(app.build_parser())
+    assert list(commands) == COMMANDS
+    assert all(callable(p.get_default("func")) for p in commands.values())
+
+
+def test_command_module_that_fails_to_import_breaks_the_parser(monkeypatch, tmp_path):
+    (tmp_path / "jaxscale_broken_command.py").write_text(
+        "raise ImportError('an optional dependency is missing')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(app, "COMMANDS", (*app.COMMANDS, "jaxscale_broken_command"))
+    with pytest.raises(ImportError, match="optional dependency is missing"):
+        app.build_parser()
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["fit", "frontier", "critical-batch", "shape", "report", "shift", "lr", "efficiency"],
+)
+def test_analysis_commands_describe_every_flag(command):
+    p = _subcommands(app.build_parser())[command]
+    assert p.description
+    for action in p._actions:
+        assert action.help, f"{command} {action.option_strings or action.dest} has no help"
+
+
 def test_train_cli_end_to_end(capsys, tmp_path):
     code = cli.main(["train", *TINY, f"--run-dir={tmp_path}/r"])
     out = capsys.readouterr().out
     assert code == 0
     assert (
         "Final validation loss" in " ".join(out.split())
-        and (tmp_path / "r" / "summary.json").exists()
+        and RunDir(tmp_path / "r").has_summary_file()
     )

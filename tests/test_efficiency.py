@@ -7,8 +7,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import plant_run
 
 from jaxscale.analysis import sample_efficiency as eff
+from jaxscale.cli import efficiency as eff_cli
 from jaxscale.config import ModelConfig, RunConfig, TrainConfig
 
 # Kaplan 2020 eq. 1.6 with their fitted exponents, scaled to small models.
@@ -75,9 +77,6 @@ def test_cli_on_a_results_dir(tmp_path, capsys):
             train=TrainConfig(steps=400, warmup_steps=10),
         )
         N = cfg.model.n_params_nonembedding
-        d = tmp_path / cfg.run_id()
-        d.mkdir()
-        (d / "config.json").write_text(json.dumps({**cfg.to_dict(), "run_id": cfg.run_id()}))
         rows = []
         for s in range(1, 401):
             L = (NC / N) ** AN + (SC / s) ** AS
@@ -90,19 +89,15 @@ def test_cli_on_a_results_dir(tmp_path, capsys):
                     **({"eval_loss": L} if s % 40 == 0 else {}),
                 }
             )
-        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (d / "summary.json").write_text(
-            json.dumps(
-                {"status": "done", "loss": rows[-1]["loss"], "tokens": 400 * 4096, "steps": 400}
-            )
-        )
+        summary = {"status": "done", "loss": rows[-1]["loss"], "tokens": 400 * 4096, "steps": 400}
+        plant_run(tmp_path, cfg, rows, summary)
     p = argparse.ArgumentParser()
-    eff.add_efficiency_parser(p.add_subparsers())
+    eff_cli.add_parser(p.add_subparsers())
     args = p.parse_args(["efficiency", str(tmp_path), "--fractions", "0.5"])
-    assert eff.run_efficiency_cli(args) == 0
+    assert eff_cli.run(args) == 0
     out = json.loads((tmp_path / "analyses" / "efficiency.json").read_text())
     assert out["extrapolation"][0]["fraction"] == 0.5
     assert (tmp_path / "analyses" / "efficiency.png").exists()
     assert "D_L" in capsys.readouterr().out
     with pytest.raises(ValueError, match="comma-separated"):
-        eff._floats("0.1,abc")
+        eff_cli._floats("0.1,abc")

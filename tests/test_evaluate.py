@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from jaxscale import cli
+from jaxscale.analysis import position
 from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from jaxscale.core import evaluate
+from jaxscale.runs.rundir import RunDir
 
 
 def test_planted_position_power_law_recovered():
@@ -15,7 +17,7 @@ def test_planted_position_power_law_recovered():
     t = np.arange(1, 257, dtype=float)
     y = 2.0 + 1.5 * t**-0.6 + rng.normal(0, 0.003, t.size)
     y[0] = 4.0  # the first-token exception: far above the power law's value 3.5 at t=1
-    f = evaluate.fit_position(y, t_min=2, se_by_pos=np.full(t.size, 0.003))
+    f = position.fit_position(y, t_min=2, se_by_pos=np.full(t.size, 0.003))
     assert f.alpha == pytest.approx(0.6, abs=3 * f.se["alpha"] + 0.01)
     assert f.L_inf == pytest.approx(2.0, abs=3 * f.se["L_inf"] + 0.01)
     assert f.A == pytest.approx(1.5, rel=0.05)
@@ -24,7 +26,7 @@ def test_planted_position_power_law_recovered():
 
 
 def test_position_fit_never_lets_loss_rise_with_context():
-    f = evaluate.fit_position(3.0 - 0.001 * np.arange(64))  # tiny linear fall, no power law
+    f = position.fit_position(3.0 - 0.001 * np.arange(64))  # tiny linear fall, no power law
     assert f.A >= 0 and f.L_inf >= 0
 
 
@@ -32,19 +34,19 @@ def test_planted_scaling_exponent_per_position():
     N = np.array([1e4, 1e5, 1e6])
     a_T = np.linspace(0.01, 0.08, 32)
     Y = 5.0 * N[:, None] ** -a_T[None, :]
-    np.testing.assert_allclose(evaluate.position_exponents(N, Y), a_T, atol=1e-10)
+    np.testing.assert_allclose(position.position_exponents(N, Y), a_T, atol=1e-10)
 
 
 def test_bad_inputs_are_readable(tmp_path):
     with pytest.raises(ValueError, match=">= 5 positions"):
-        evaluate.fit_position([3.0, 2.9, 2.8])
+        position.fit_position([3.0, 2.9, 2.8])
     with pytest.raises(FileNotFoundError, match="config.json"):
-        evaluate.run_dirs(tmp_path)
+        position.load_evals(tmp_path)
     (tmp_path / "r").mkdir()
     cfg = RunConfig()
     (tmp_path / "r" / "config.json").write_text(json.dumps(cfg.to_dict()))
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
-        evaluate.load_params(tmp_path / "r")
+        evaluate.load_params(RunDir(tmp_path / "r"))
     with pytest.raises(ValueError, match="unknown eval set"):
         evaluate.eval_tokens("no-such-set", cfg)
 
@@ -65,7 +67,7 @@ def test_eval_cli_on_a_real_run(tmp_path, capsys):
         ),
     )
     run = tmp_path / "res" / cfg.run_id()
-    s = train.train(cfg, run, progress=False)
+    s = train.train(cfg, RunDir(run), progress=False)
     text = tmp_path / "mine.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 400)
     code = cli.main(

@@ -12,6 +12,7 @@ import pytest
 
 from jaxscale.core import train
 from jaxscale.runs import store
+from jaxscale.runs.rundir import RunDir
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import _cfg, _cli, _losses  # noqa: E402
@@ -26,15 +27,15 @@ def _corrupt(ckpt_dir: Path) -> None:
 
 def test_corrupt_latest_checkpoint_is_skipped_with_warning(tmp_path):
     cfg = _cfg(steps=30)
-    ref = train.train(cfg, tmp_path / "ref", progress=False)
+    ref = train.train(cfg, RunDir(tmp_path / "ref"), progress=False)
     run = tmp_path / "run"
     # Finish the run, then corrupt its final checkpoint and drop the summary: a restart must
     # skip step 30, resume from step 20 and reproduce the uninterrupted run.
-    train.train(cfg, run, progress=False)
+    train.train(cfg, RunDir(run), progress=False)
     (run / "summary.json").unlink()
     _corrupt(run / "checkpoints" / "30")
     with pytest.warns(UserWarning, match="step 30 is unreadable"):
-        got = train.train(cfg, run, progress=False)
+        got = train.train(cfg, RunDir(run), progress=False)
     assert got["status"] == "done" and got["loss"] == ref["loss"]
     assert _losses(run) == _losses(tmp_path / "ref")
     assert any((run / "corrupt_checkpoints").iterdir())
@@ -42,22 +43,22 @@ def test_corrupt_latest_checkpoint_is_skipped_with_warning(tmp_path):
 
 def test_partial_checkpoint_dir_is_never_loaded(tmp_path):
     cfg = _cfg(steps=20)
-    ref = train.train(cfg, tmp_path / "ref", progress=False)
+    ref = train.train(cfg, RunDir(tmp_path / "ref"), progress=False)
     run = tmp_path / "run"
-    train.train(cfg, run, progress=False)
+    train.train(cfg, RunDir(run), progress=False)
     (run / "summary.json").unlink()
     # A save interrupted by SIGKILL leaves orbax's temporary directory behind.
     tmp = run / "checkpoints" / "25.orbax-checkpoint-tmp-1234"
     tmp.mkdir()
     (tmp / "junk").write_text("half written")
-    got = train.train(cfg, run, progress=False)
+    got = train.train(cfg, RunDir(run), progress=False)
     assert got["loss"] == ref["loss"] and got["steps"] == 20
 
 
 @pytest.mark.slow
 def test_random_sigkills_then_resume_equals_uninterrupted(tmp_path):
     cfg = _cfg(steps=400)
-    train.train(cfg, tmp_path / "ref", progress=False)
+    train.train(cfg, RunDir(tmp_path / "ref"), progress=False)
     run = tmp_path / "run"
     rng = random.Random(0)
     for _ in range(3):
@@ -87,12 +88,12 @@ def test_disk_full_mid_run_stops_cleanly_and_keeps_last_checkpoint(tmp_path, mon
 
     monkeypatch.setattr(store, "append_jsonl", flaky)
     with pytest.raises(OSError, match="No space left"):
-        train.train(cfg, run, progress=False)
+        train.train(cfg, RunDir(run), progress=False)
     monkeypatch.setattr(store, "append_jsonl", real)
     steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
     assert steps and steps[-1] == 20
-    ref = train.train(cfg, tmp_path / "ref", progress=False)
-    got = train.train(cfg, run, progress=False)
+    ref = train.train(cfg, RunDir(tmp_path / "ref"), progress=False)
+    got = train.train(cfg, RunDir(run), progress=False)
     assert got["loss"] == ref["loss"]
     assert _losses(run) == _losses(tmp_path / "ref")
 

@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
+from conftest import plant_run
 
 from jaxscale.analysis import fit
 from jaxscale.config import ModelConfig, RunConfig, TrainConfig
 from jaxscale.core import flops
-from jaxscale.runs import store
 
 
 def _write_run(root, width, depth, steps, status, loss):
@@ -14,13 +14,15 @@ def _write_run(root, width, depth, steps, status, loss):
         model=ModelConfig.from_width_depth(width, depth, head_dim=16, context_length=64),
         train=TrainConfig(steps=steps, batch_size=8, warmup_steps=0),
     )
-    d = root / cfg.run_id()
-    store.write_json_atomic(d / "config.json", {**cfg.to_dict(), "run_id": cfg.run_id()})
     tokens = steps * cfg.tokens_per_step
-    store.write_json_atomic(
-        d / "summary.json",
-        {"status": status, "run_id": cfg.run_id(), "loss": loss, "tokens": tokens, "steps": steps},
-    )
+    summary = {
+        "status": status,
+        "run_id": cfg.run_id(),
+        "loss": loss,
+        "tokens": tokens,
+        "steps": steps,
+    }
+    plant_run(root, cfg, summary=summary)
     return cfg, tokens
 
 

@@ -212,7 +212,7 @@ def test_cli_prints_items_totals_and_params(tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("model:\n  d_model: 64\n  n_layers: 2\n  n_heads: 2\n  d_ff: 256\n")
     parser = argparse.ArgumentParser()
-    flops_cli.add_flops_parser(parser.add_subparsers(dest="cmd"))
+    flops_cli.add_parser(parser.add_subparsers(dest="cmd"))
     args = parser.parse_args(
         [
             "flops",
@@ -226,14 +226,14 @@ def test_cli_prints_items_totals_and_params(tmp_path, capsys):
             "chinchilla",
         ]
     )
-    assert flops_cli.run_flops_cli(args) == 0
+    assert flops_cli.run(args) == 0
     out = capsys.readouterr().out
     m = RunConfig(model=ModelConfig(d_model=64, n_layers=3, n_heads=2, d_ff=256)).model
     assert f"{m.n_params_nonembedding:,}" in out
     assert "final logits" in out and "chinchilla_noembed" in out and "/ 6ND" in out
     args = parser.parse_args(["flops", "--width", "128", "--depth", "2", "--convention", "exat"])
     with pytest.raises(ValueError, match="did you mean 'exact'"):
-        flops_cli.run_flops_cli(args)
+        flops_cli.run(args)
 
 
 def test_remat_adds_at_most_one_recomputed_layer_forward():

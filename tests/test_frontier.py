@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from jaxscale.analysis import frontier
-from jaxscale.runs.sweep import load_study
+from jaxscale.runs.study import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,7 +135,7 @@ def test_save_writes_tables_and_plots(tmp_path):
                 }
             )
     fr = frontier.analyse((runs, pd.DataFrame(curves)), "kaplan")
-    written = frontier.save(fr, tmp_path)
+    written = fr.save(tmp_path)
     for name in ("loss_vs_compute", "isoflop", "optima"):
         for ext in ("png", "svg"):
             assert (tmp_path / f"{name}.{ext}").stat().st_size > 1000

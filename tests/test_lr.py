@@ -7,8 +7,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import plant_run
 
 from jaxscale.analysis import lr_sensitivity as lr
+from jaxscale.cli import lr as lr_cli
 from jaxscale.config import ModelConfig, RunConfig, TrainConfig
 
 NS = np.array([1e4, 1e5, 1e6, 1e7])
@@ -63,15 +65,11 @@ def test_cli_on_a_results_dir(tmp_path, capsys):
             )
             N = cfg.model.n_params_nonembedding
             loss = 3 + 0.3 * (math.log10(rate) - _vertex(N)) ** 2 + rng.normal(0, 0.002)
-            d = tmp_path / cfg.run_id()
-            d.mkdir()
-            (d / "config.json").write_text(json.dumps({**cfg.to_dict(), "run_id": cfg.run_id()}))
-            (d / "summary.json").write_text(
-                json.dumps({"status": "done", "loss": loss, "tokens": 1000, "steps": 10})
-            )
+            summary = {"status": "done", "loss": loss, "tokens": 1000, "steps": 10}
+            plant_run(tmp_path, cfg, summary=summary)
     p = argparse.ArgumentParser()
-    lr.add_lr_parser(p.add_subparsers())
-    assert lr.run_lr_cli(p.parse_args(["lr", str(tmp_path)])) == 0
+    lr_cli.add_parser(p.add_subparsers())
+    assert lr_cli.run(p.parse_args(["lr", str(tmp_path)])) == 0
     out = json.loads((tmp_path / "analyses" / "lr.json").read_text())
     assert len(out["optima"]) == 3
     assert (tmp_path / "analyses" / "lr.svg").exists()

@@ -10,6 +10,7 @@ import pytest
 from jaxscale.config import MeshConfig
 from jaxscale.core import train
 from jaxscale.runs import store
+from jaxscale.runs.rundir import RunDir
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _multihost_worker import config  # noqa: E402
@@ -37,7 +38,9 @@ def test_two_processes_match_one(tmp_path):
     for p, (o, e) in zip(procs, outs):
         assert p.returncode == 0, e[-3000:]
         assert "STATUS done" in o
-    ref = train.train(config(MeshConfig(spec="data=1")), tmp_path / "single", progress=False)
+    ref = train.train(
+        config(MeshConfig(spec="data=1")), RunDir(tmp_path / "single"), progress=False
+    )
     multi = store.read_jsonl(tmp_path / "multi" / "metrics.jsonl")
     single = store.read_jsonl(tmp_path / "single" / "metrics.jsonl")
     assert [r["step"] for r in multi] == [r["step"] for r in single] == list(range(1, 7))

@@ -4,11 +4,11 @@ import base64
 import re
 
 import numpy as np
+from conftest import plant_run
 
 from jaxscale import cli
 from jaxscale.config import ModelConfig, RunConfig, TrainConfig
-from jaxscale.runs import store
-from jaxscale.runs.sweep import budget_tag
+from jaxscale.runs.grids import budget_tag
 
 # Planted law L = E + A/N^alpha + B/D^beta (Hoffmann 2022 eq. 2) => a = beta/(alpha+beta) = 0.5.
 E, A, B, ALPHA, BETA = 1.8, 400.0, 1600.0, 0.35, 0.35
@@ -29,16 +29,15 @@ def _planted_store(root):
                 train=TrainConfig(batch_size=8, steps=steps, warmup_steps=0),
                 name=f"planted_{budget_tag(budget)}_N{n}",
             )
-            run = root / cfg.run_id()
-            store.write_json_atomic(run / "config.json", {**cfg.to_dict(), "run_id": cfg.run_id()})
             rows = []
             for s in np.unique(np.geomspace(1, steps, 8).astype(int)):
                 D = s * 8 * 64
                 loss = (E + A / n**ALPHA + B / D**BETA) * np.exp(0.003 * rng.standard_normal())
                 rows.append({"step": int(s), "tokens": int(D), "loss": loss, "eval_loss": loss})
-            store.append_jsonl(run / "metrics.jsonl", rows)
-            store.write_json_atomic(
-                run / "summary.json",
+            plant_run(
+                root,
+                cfg,
+                rows,
                 {
                     "status": "done",
                     "run_id": cfg.run_id(),

@@ -7,10 +7,11 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import plant_run
 
 from jaxscale.config import ModelConfig, RunConfig, TrainConfig
 from jaxscale.core import flops
-from jaxscale.runs import results, store
+from jaxscale.runs import results
 
 
 def _cfg(width: int, steps: int = 10, name: str = "r") -> RunConfig:
@@ -22,28 +23,20 @@ def _cfg(width: int, steps: int = 10, name: str = "r") -> RunConfig:
 
 
 def _write_run(root, cfg: RunConfig, status: str = "done", rows=None) -> str:
-    rid = cfg.run_id()
-    d = root / rid
-    store.write_json_atomic(d / "config.json", {**cfg.to_dict(), "run_id": rid})
     rows = rows or [
         {"step": s, "tokens": s * cfg.tokens_per_step, "loss": 5.0 / s, "lr": 1e-3}
         | ({"eval_loss": 4.0 / s} if s % 5 == 0 else {})
         for s in range(1, cfg.train.steps + 1)
     ]
-    store.append_jsonl(d / "metrics.jsonl", rows)
-    if status:
-        store.write_json_atomic(
-            d / "summary.json",
-            {
-                "status": status,
-                "run_id": rid,
-                "steps": cfg.train.steps,
-                "tokens": cfg.total_tokens,
-                "loss": rows[-1].get("eval_loss", np.nan),
-                "train_loss": rows[-1]["loss"],
-            },
-        )
-    return rid
+    summary = {
+        "status": status,
+        "run_id": cfg.run_id(),
+        "steps": cfg.train.steps,
+        "tokens": cfg.total_tokens,
+        "loss": rows[-1].get("eval_loss", np.nan),
+        "train_loss": rows[-1]["loss"],
+    }
+    return plant_run(root, cfg, rows, summary if status else None).name
 
 
 def test_load_tables_and_compute(tmp_path):

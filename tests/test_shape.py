@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxscale.analysis import width_depth as S
+from jaxscale.analysis.synthetic import PenaltyTruth, write_synthetic_results
 from jaxscale.config import ConfigError, ModelConfig, RunConfig, TrainConfig
 
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -58,7 +59,7 @@ def test_fixed_heads_rule_and_unreachable_span_error():
 
 
 def test_runs_fixed_tokens_vs_fixed_compute():
-    from jaxscale.runs.sweep import planned_flops
+    from jaxscale.runs.grids import planned_flops
 
     kw = dict(tokens_per_param=20, head_dim=64)
     tok = S.shape_runs(BASE, [1e7], **kw)
@@ -74,7 +75,7 @@ def test_runs_fixed_tokens_vs_fixed_compute():
 
 def _synthetic(tmp_path, truth, levels, noise, seed=0):
     runs = S.shape_runs(BASE, levels, tokens_per_param=20, head_dim=64)
-    return S.write_synthetic_results(runs, tmp_path / "res", truth, noise=noise, seed=seed)
+    return write_synthetic_results(runs, tmp_path / "res", truth, noise=noise, seed=seed)
 
 
 def _z(draws: np.ndarray, true: float) -> float:
@@ -85,7 +86,7 @@ def _z(draws: np.ndarray, true: float) -> float:
 
 @pytest.mark.filterwarnings("ignore:fit of:RuntimeWarning")  # 2 x 300 draws: ESS is flagged
 def test_penalty_fit_recovers_planted_optimum_curvature_and_drift(tmp_path):
-    truth = S.PenaltyTruth(r0=60.0, n0=1e8, drift=0.2, k=0.015)
+    truth = PenaltyTruth(r0=60.0, n0=1e8, drift=0.2, k=0.015)
     levels = (1e7, 1e8, 1e9)
     d = _synthetic(tmp_path, truth, levels, noise=0.002, seed=5)
     sf = S.fit_penalty(d, method="nuts", chains=2, warmup=300, draws=300, quiet=True)
@@ -102,9 +103,9 @@ def test_penalty_fit_recovers_planted_optimum_curvature_and_drift(tmp_path):
 
 
 def test_asymmetric_fit_separates_sides(tmp_path):
-    truth = S.PenaltyTruth(r0=60.0, n0=1e8, k=0.03, k_deep=0.008)
+    truth = PenaltyTruth(r0=60.0, n0=1e8, k=0.03, k_deep=0.008)
     runs = S.shape_runs(BASE, (1e8, 1e9), tokens_per_param=20, head_dim=64, n_shapes=9)
-    d = S.write_synthetic_results(runs, tmp_path / "res", truth, noise=0.002, seed=1)
+    d = write_synthetic_results(runs, tmp_path / "res", truth, noise=0.002, seed=1)
     sf = S.fit_penalty(d, asymmetric=True, method="laplace", draws=2000)
     assert _z(sf.k("wide"), 0.03) < 3 and _z(sf.k("deep"), 0.008) < 3
     assert np.quantile(sf.k("deep"), 0.95) < np.quantile(sf.k("wide"), 0.05)
@@ -136,7 +137,7 @@ def test_untagged_runs_are_grouped_by_n_and_bad_input(tmp_path):
 def test_cli_prints_optimum_and_penalties_and_saves_plot(tmp_path, capsys):
     from jaxscale import cli
 
-    truth = S.PenaltyTruth(r0=40.0, n0=1e7, drift=0.1, k=0.02)
+    truth = PenaltyTruth(r0=40.0, n0=1e7, drift=0.1, k=0.02)
     d = _synthetic(tmp_path, truth, (1e7, 1e8, 1e9), noise=0.003)
     out = tmp_path / "out"
     rc = cli.main(["shape", str(d), "--out", str(out), "--method", "laplace", "--draws", "1000"])

@@ -1,4 +1,5 @@
-"""Sharded equals unsharded on 8 simulated CPU devices; mesh errors are readable."""
+"""Sharded equals unsharded on 8 simulated CPU devices (the real train step, its gradient noise
+scale included); mesh errors are readable."""
 
 import json
 import os
@@ -29,6 +30,16 @@ def test_sharded_step_matches_single_device():
         # Params after one AdamW step are not compared tightly: Adam's first step is
         # g/(|g|+eps), which amplifies 1e-8 summation-order differences in tiny gradients.
         assert r["step_loss_diff"] < 1e-5, (spec, r)
+    # The gradient noise scale's two squared norms, logged by the real accumulating step
+    # (grad_accum=2, gns=True), equal their definition from each microbatch's own gradient on
+    # one device and on every mesh (each microbatch sharded; the norms global).
+    want = res["gns_reference"]
+    for where, got in [("one device", res["gns_one_device"])] + [(s, res[s]["gns"]) for s in specs]:
+        for k in ("g_small_sq", "g_big_sq"):
+            assert abs(got[k] - want[k]) <= 1e-4 * want[k], (where, k, got[k], want[k])
+        assert got["g_small_sq"] > got["g_big_sq"] > 0, (where, got)  # catches swapped norms
+        for k in ("loss", "grad_norm"):
+            assert abs(got[k] - res["gns_one_device"][k]) < 1e-5 * max(1.0, abs(got[k])), (where, k)
 
 
 def test_logical_rules_skip_used_mesh_axes():

@@ -5,8 +5,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import plant_run
 
 from jaxscale.analysis import shift
+from jaxscale.cli import shift as shift_cli
 from jaxscale.config import ModelConfig, RunConfig
 
 
@@ -45,25 +47,21 @@ def test_cli_on_a_results_dir(tmp_path, capsys):
     rng = np.random.default_rng(3)
     for i, w in enumerate((16, 32, 64, 128)):
         cfg = RunConfig(model=ModelConfig.from_width_depth(w, 2, head_dim=16))
-        d = tmp_path / cfg.run_id()
-        d.mkdir()
-        (d / "config.json").write_text(json.dumps({**cfg.to_dict(), "run_id": cfg.run_id()}))
+        run = plant_run(tmp_path, cfg)
         base = 3.0 - 0.3 * i
         sets = {"stdlib": base, "prose": base + 0.5 + rng.normal(0, 0.01)}
-        (d / "eval.json").write_text(
-            json.dumps(
-                {
-                    "run_id": cfg.run_id(),
-                    "name": "x",
-                    "step": 10,
-                    "n_params_nonembedding": cfg.model.n_params_nonembedding,
-                    "sets": {k: {"loss": v, "loss_se": 0.01} for k, v in sets.items()},
-                }
-            )
+        run.write_eval(
+            {
+                "run_id": cfg.run_id(),
+                "name": "x",
+                "step": 10,
+                "n_params_nonembedding": cfg.model.n_params_nonembedding,
+                "sets": {k: {"loss": v, "loss_se": 0.01} for k, v in sets.items()},
+            }
         )
     p = argparse.ArgumentParser()
-    shift.add_shift_parser(p.add_subparsers())
-    assert shift.run_shift_cli(p.parse_args(["shift", str(tmp_path)])) == 0
+    shift_cli.add_parser(p.add_subparsers())
+    assert shift_cli.run(p.parse_args(["shift", str(tmp_path)])) == 0
     out = json.loads((tmp_path / "analyses" / "shift.json").read_text())
     assert out["sets"]["prose"]["offset"] == pytest.approx(0.5, abs=0.03)
     assert (tmp_path / "analyses" / "shift.png").exists()

@@ -1,4 +1,4 @@
-"""Sweep generators, task slicing, per-run locks and the runner's bookkeeping (~25 s).
+"""Study grids, study loading, task slicing, per-run locks and the runner's bookkeeping (~25 s).
 
 Runner tests inject a fake `train` (writes metrics/summary like train.train, "checkpoints" its
 step so a restart resumes) and run it in subprocesses to SIGKILL them or race two of them.
@@ -21,7 +21,8 @@ import pytest
 
 from jaxscale.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
 from jaxscale.core import flops
-from jaxscale.runs import store, sweep
+from jaxscale.runs import grids, runner, store, study
+from jaxscale.runs.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = RunConfig(
@@ -37,7 +38,7 @@ SHAPES = [(16, 1), (32, 1), (32, 2), (64, 2)]
 @pytest.mark.parametrize("convention", ["kaplan_attn", "chinchilla", "exact"])
 def test_isoflop_runs_spend_their_budget(convention):
     budgets = [1e9, 3e9, 1e10]
-    plan = sweep.isoflop_plan(BASE, budgets, SHAPES, convention=convention, min_steps=20)
+    plan = grids.isoflop_plan(BASE, budgets, SHAPES, convention=convention, min_steps=20)
     assert {p.budget for p in plan} == set(budgets)
     for p in plan:
         cfg = p.cfg
@@ -47,7 +48,7 @@ def test_isoflop_runs_spend_their_budget(convention):
         assert abs(spent / p.budget - 1) <= 0.5 / (cfg.train.steps - 0.5)
         assert abs(p.rel_error) < 0.03
         assert cfg.train.steps >= 20
-        assert sweep.budget_tag(p.budget) in cfg.name
+        assert grids.budget_tag(p.budget) in cfg.name
         assert cfg.train.warmup_steps <= cfg.train.steps
     # a bigger budget trains every size on more tokens
     by = {(p.cfg.model.d_model, p.cfg.model.n_layers, p.budget): p.cfg.total_tokens for p in plan}
@@ -55,61 +56,54 @@ def test_isoflop_runs_spend_their_budget(convention):
 
 
 def test_isoflop_drops_models_too_big_for_a_budget():
-    plan = sweep.isoflop_plan(BASE, [1e9], SHAPES, min_steps=20)
+    plan = grids.isoflop_plan(BASE, [1e9], SHAPES, min_steps=20)
     sizes = {p.cfg.model.d_model * 10 + p.cfg.model.n_layers for p in plan}
     assert 642 not in sizes and 161 in sizes  # (64, 2) needs more than 1e9 for 20 steps
 
 
 def test_budget_too_small_names_budget_and_smallest_cost():
-    small = sweep.model_for(BASE.model, 16, 1)
+    small = grids.model_for(BASE.model, 16, 1)
     cost = flops.flops_per_token(small, "kaplan_attn") * 20 * 4 * 64
     with pytest.raises(ConfigError) as e:
-        sweep.isoflop_plan(BASE, [1e6, 1e9], SHAPES, min_steps=20)
+        grids.isoflop_plan(BASE, [1e6, 1e9], SHAPES, min_steps=20)
     msg = str(e.value)
     assert "1.000e+06" in msg and f"{cost:.3e}" in msg and "smallest model" in msg
 
 
 def test_run_ids_stable_and_unique():
-    a = sweep.isoflop_runs(BASE, [1e9, 3e9], SHAPES)
-    b = sweep.isoflop_runs(BASE, [1e9, 3e9], SHAPES)
+    a = grids.isoflop_runs(BASE, [1e9, 3e9], SHAPES)
+    b = grids.isoflop_runs(BASE, [1e9, 3e9], SHAPES)
     assert [r.run_id() for r in a] == [r.run_id() for r in b]
     assert len({r.run_id() for r in a}) == len(a)
 
 
-def test_shape_batch_lr_grids():
-    target = 200_000
-    shapes = sweep.shape_grid_runs(BASE, target, [1, 2, 4, 8], rtol=0.15)
-    assert len(shapes) >= 3
-    for r in shapes:
-        assert abs(r.model.n_params_nonembedding / target - 1) <= 0.15
-    assert len({(r.model.n_layers, r.model.d_model) for r in shapes}) == len(shapes)
-
-    batches = sweep.batch_grid_runs(BASE, [2, 4, 8], tokens=2**16)
+def test_batch_lr_nd_grids():
+    batches = grids.batch_grid_runs(BASE, [2, 4, 8], tokens=2**16)
     assert [r.train.batch_size for r in batches] == [2, 4, 8]
     assert all(r.total_tokens == 2**16 for r in batches)
 
-    lrs = sweep.lr_grid_runs(BASE, [(16, 1), (32, 2)], [1e-3, 3e-3, 1e-2])
+    lrs = grids.lr_grid_runs(BASE, [(16, 1), (32, 2)], [1e-3, 3e-3, 1e-2])
     assert len(lrs) == 6 and {r.train.lr for r in lrs} == {1e-3, 3e-3, 1e-2}
 
-    nd = sweep.nd_grid_runs(BASE, [(16, 1), (32, 2)], [2**14, 2**16])
+    nd = grids.nd_grid_runs(BASE, [(16, 1), (32, 2)], [2**14, 2**16])
     assert sorted({r.total_tokens for r in nd}) == [2**14, 2**16] and len(nd) == 4
 
 
 def test_task_slices_partition_the_sweep():
-    runs = sweep.isoflop_runs(BASE, [1e9, 3e9, 1e10], SHAPES)
-    groups = sweep.plan(runs)
-    slices = [sweep.task_slice(groups, i, 3) for i in range(3)]
+    runs = grids.isoflop_runs(BASE, [1e9, 3e9, 1e10], SHAPES)
+    groups = runner.plan(runs)
+    slices = [runner.task_slice(groups, i, 3) for i in range(3)]
     ids = [r.run_id() for s in slices for g in s for r in g]
     assert sorted(ids) == sorted(r.run_id() for r in runs)  # every run exactly once
-    assert slices == [sweep.task_slice(groups, i, 3) for i in range(3)]  # deterministic
-    loads = [sum(sweep.planned_flops(r) for g in s for r in g) for s in slices]
+    assert slices == [runner.task_slice(groups, i, 3) for i in range(3)]  # deterministic
+    loads = [sum(grids.planned_flops(r) for g in s for r in g) for s in slices]
     assert max(loads) < 0.6 * sum(loads)  # LPT spreads the cost
     with pytest.raises(ConfigError, match="task-index"):
-        sweep.task_slice(groups, 3, 3)
+        runner.task_slice(groups, 3, 3)
 
 
 def test_study_loading(tmp_path):
-    st = sweep.load_study(ROOT / "experiments" / "quickstart.py")
+    st = study.load_study(ROOT / "experiments" / "quickstart.py")
     assert st.name == "quickstart" and "tiny" in st.settings
     tiny = st.runs("tiny")
     assert 4 <= len(tiny) <= 8 and all(r.model.context_length == 64 for r in tiny)
@@ -118,9 +112,9 @@ def test_study_loading(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("X = 1\n")
     with pytest.raises(ConfigError, match="must define"):
-        sweep.load_study(bad)
+        study.load_study(bad)
     with pytest.raises(ConfigError, match="not found"):
-        sweep.load_study(tmp_path / "missing.py")
+        study.load_study(tmp_path / "missing.py")
 
 
 # --- locks ------------------------------------------------------------------------------------
@@ -187,21 +181,19 @@ FAKE = textwrap.dedent(
     """
     import json, math, os, sys, time
     from pathlib import Path
-    from jaxscale.runs import store
-    from jaxscale.runs import sweep
+    from jaxscale.runs import grids, runner, store
     from jaxscale.config import ModelConfig, RunConfig, TrainConfig
 
     def runs():
         base = RunConfig(model=ModelConfig(d_model=16, n_layers=1, n_heads=1, d_ff=64,
                          context_length=16), train=TrainConfig(batch_size=2, steps=STEPS,
                          warmup_steps=0, eval_every=2))
-        return sweep.lr_grid_runs(base, [(16, 1), (32, 1)], [1e-3, 2e-3, 3e-3, 4e-3])
+        return grids.lr_grid_runs(base, [(16, 1), (32, 1)], [1e-3, 2e-3, 3e-3, 4e-3])
 
-    def fake_train(cfg, run_dir, progress=False):
-        run_dir = Path(run_dir)
-        ck = run_dir / "checkpoints" / "step"
+    def fake_train(cfg, run, progress=False):
+        ck = run.checkpoint_dir / "step"
         start = int(ck.read_text()) if ck.exists() else 0
-        store.truncate_jsonl_after(run_dir / "metrics.jsonl", start)
+        run.truncate_metrics(start)
         with open(LOG, "a") as f:
             f.write(f"start {cfg.run_id()} {os.getpid()} {start}\\n")
         if "boom" in cfg.name:
@@ -209,18 +201,18 @@ FAKE = textwrap.dedent(
         for s in range(start + 1, cfg.train.steps + 1):
             time.sleep(SLEEP)
             loss = math.nan if "nan" in cfg.name and s == 2 else 3.0 / s
-            store.append_jsonl(run_dir / "metrics.jsonl", [{"step": s, "loss": loss,
-                               "tokens": s * cfg.tokens_per_step, "lr": cfg.train.lr}])
+            run.append_metrics([{"step": s, "loss": loss, "tokens": s * cfg.tokens_per_step,
+                                 "lr": cfg.train.lr}])
             if not math.isfinite(loss):
                 status = "diverged"
                 break
             ck.parent.mkdir(exist_ok=True)
-            store.write_json_atomic(ck, s)
+            store.write_json_atomic(ck, s)  # atomic, like an orbax checkpoint
         else:
             status = "done"
         summary = {"status": status, "run_id": cfg.run_id(), "steps": s,
                    "tokens": s * cfg.tokens_per_step, "loss": 3.0 / s}
-        store.write_json_atomic(run_dir / "summary.json", summary)
+        run.write_summary(summary)
         with open(LOG, "a") as f:
             f.write(f"{status} {cfg.run_id()} {os.getpid()} {s}\\n")
         return summary
@@ -229,8 +221,8 @@ FAKE = textwrap.dedent(
         go = Path(sys.argv[1]) / "GO"
         while not go.exists():
             time.sleep(0.01)
-        rep = sweep.run_sweep(runs(), sys.argv[1], train_fn=fake_train, progress=False,
-                              heartbeat_s=0.1, lock_timeout=30)
+        rep = runner.run_sweep(runs(), sys.argv[1], train_fn=fake_train, progress=False,
+                               heartbeat_s=0.1, lock_timeout=30)
         sys.exit(rep.exit_code)
     """
 )
@@ -270,23 +262,23 @@ def test_runner_bookkeeping_failed_diverged_and_skip(tmp_path):
     runs[1] = dataclasses.replace(runs[1], name="boom-run")
     runs[2] = dataclasses.replace(runs[2], name="nan-run")
     res = tmp_path / "res"
-    rep = sweep.run_sweep(runs, res, train_fn=mod.fake_train, progress=False)
+    rep = runner.run_sweep(runs, res, train_fn=mod.fake_train, progress=False)
     assert (rep.done, rep.failed, rep.diverged) == (len(runs) - 2, 1, 1)
     assert rep.exit_code == 1
-    failed = store.read_json(res / runs[1].run_id() / "summary.json")
+    failed = RunDir.of(res, runs[1]).read_summary()
     assert failed["status"] == "failed" and "planted failure" in failed["error"]
-    assert "RuntimeError" in (res / runs[1].run_id() / "error.txt").read_text()
-    assert store.read_json(res / runs[2].run_id() / "summary.json")["status"] == "diverged"
-    assert json.loads((res / runs[0].run_id() / "config.json").read_text())["run_id"]
+    assert "RuntimeError" in (RunDir.of(res, runs[1]).path / "error.txt").read_text()
+    assert RunDir.of(res, runs[2]).status == "diverged"
+    assert RunDir.of(res, runs[0]).read_config_raw()["run_id"]
     n_started = len(_log(tmp_path))
     # a rerun trains nothing: done, diverged and failed runs are all final
-    rep2 = sweep.run_sweep(runs, res, train_fn=mod.fake_train, progress=False)
+    rep2 = runner.run_sweep(runs, res, train_fn=mod.fake_train, progress=False)
     assert rep2.trained == [] and len(_log(tmp_path)) == n_started
     assert rep2.flops_spent == pytest.approx(rep.flops_spent)
     # --retry-failed reruns only the failed one
-    rep3 = sweep.run_sweep(runs, res, train_fn=mod.fake_train, progress=False, retry_failed=True)
+    rep3 = runner.run_sweep(runs, res, train_fn=mod.fake_train, progress=False, retry_failed=True)
     assert rep3.trained == [runs[1].run_id()]
-    rows = sweep.status_table(runs, res)
+    rows = runner.status_table(runs, res)
     assert sorted(r["state"] for r in rows).count("done") == len(runs) - 2
 
 
@@ -324,7 +316,7 @@ def test_sigkill_and_restart_loses_and_duplicates_nothing(tmp_path):
     for k in killed:
         resumed = [r for r in log if r[0] == "start" and r[1] == k and int(r[3]) > 0]
         assert resumed  # resumed from its checkpoint, not restarted from scratch
-        steps = [r["step"] for r in store.read_jsonl(res / k / "metrics.jsonl")]
+        steps = [r["step"] for r in RunDir(res / k).read_metrics()]
         assert steps == list(range(1, 7))
 
 
@@ -365,23 +357,23 @@ def test_one_real_tiny_run(tmp_path):
     """The real train.train through the runner: summary, metrics and rerun-skip (~10 s)."""
     small = dataclasses.replace(
         BASE,
-        model=sweep.model_for(BASE.model, 16, 1, head_dim=16),
+        model=grids.model_for(BASE.model, 16, 1, head_dim=16),
         data=DataConfig(max_bytes=400_000),
         train=dataclasses.replace(BASE.train, eval_batches=1),
     )
-    cfg = dataclasses.replace(sweep.with_steps(small, 12, evals=2), name="real-tiny")
-    rep = sweep.run_sweep([cfg], tmp_path, progress=False)
+    cfg = dataclasses.replace(grids.with_steps(small, 12, evals=2), name="real-tiny")
+    rep = runner.run_sweep([cfg], tmp_path, progress=False)
     assert rep.done == 1 and rep.trained == [cfg.run_id()]
-    summary = store.read_json(tmp_path / cfg.run_id() / "summary.json")
+    summary = RunDir.of(tmp_path, cfg).read_summary()
     assert summary["status"] == "done" and summary["steps"] == 12
-    assert rep.flops_spent == pytest.approx(sweep.planned_flops(cfg))
-    assert len(store.read_jsonl(tmp_path / cfg.run_id() / "metrics.jsonl")) == 12
-    assert sweep.run_sweep([cfg], tmp_path, progress=False).trained == []
+    assert rep.flops_spent == pytest.approx(grids.planned_flops(cfg))
+    assert len(RunDir.of(tmp_path, cfg).read_metrics()) == 12
+    assert runner.run_sweep([cfg], tmp_path, progress=False).trained == []
 
 
 def test_model_for_keeps_base_fields():
     base = ModelConfig(context_length=96, activation="swiglu", norm="layernorm", vocab_size=300)
-    m = sweep.model_for(base, 128, 3, head_dim=32)
+    m = grids.model_for(base, 128, 3, head_dim=32)
     assert (m.d_model, m.n_layers, m.n_heads) == (128, 3, 4)
     kept = (m.context_length, m.activation, m.norm, m.vocab_size)
     assert kept == (96, "swiglu", "layernorm", 300)

@@ -15,6 +15,7 @@ import pytest
 from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from jaxscale.core import data, train
 from jaxscale.runs import store
+from jaxscale.runs.rundir import RunDir
 
 DATA = DataConfig(max_bytes=2_000_000)
 
@@ -75,7 +76,7 @@ def test_learns_well_below_unigram_entropy(tmp_path):
     counts = np.bincount(np.asarray(corpus.train), minlength=corpus.vocab_size).astype(float)
     p = counts[counts > 0] / counts.sum()
     unigram = float(-(p * np.log(p)).sum())
-    s = train.train(cfg, tmp_path / "r", progress=False, corpus=corpus)
+    s = train.train(cfg, RunDir(tmp_path / "r"), progress=False, corpus=corpus)
     assert s["status"] == "done" and s["steps"] == 200
     assert s["loss"] < unigram - 0.5, (s["loss"], s["train_loss"], unigram)  # nats
     rows = store.read_jsonl(tmp_path / "r" / "metrics.jsonl")
@@ -101,7 +102,7 @@ def _wait_for_checkpoint(run_dir: Path, step: int, proc, timeout=120):
 
 def test_sigkill_resume_equals_uninterrupted(tmp_path):
     cfg = _cfg(steps=300)
-    ref = train.train(cfg, tmp_path / "ref", progress=False)
+    ref = train.train(cfg, RunDir(tmp_path / "ref"), progress=False)
     run = tmp_path / "killed"
     proc = _cli(cfg, run)
     _wait_for_checkpoint(run, 30, proc)
@@ -136,7 +137,7 @@ def test_sigterm_checkpoints_and_exits_zero(tmp_path):
 
 def test_divergence_is_marked_and_curve_kept(tmp_path):
     cfg = _cfg(steps=200, grad_clip=0.0).replace(**{"train.lr": 1e4, "train.warmup_steps": 0})
-    s = train.train(cfg, tmp_path / "d", progress=False)
+    s = train.train(cfg, RunDir(tmp_path / "d"), progress=False)
     assert s["status"] == "diverged" and "non-finite" in s["error"]
     rows = store.read_jsonl(tmp_path / "d" / "metrics.jsonl")
     assert rows and not math.isfinite(rows[-1]["loss"])
@@ -147,7 +148,7 @@ def test_divergence_is_marked_and_curve_kept(tmp_path):
 
 def test_gns_logged_when_accumulating(tmp_path):
     cfg = _cfg(steps=30, grad_accum=2, gns=True)
-    train.train(cfg, tmp_path / "g", progress=False)
+    train.train(cfg, RunDir(tmp_path / "g"), progress=False)
     rows = store.read_jsonl(tmp_path / "g" / "metrics.jsonl")
     vals = [r["gns_b_simple"] for r in rows[5:]]
     assert all(np.isfinite(vals)) and np.median(vals) > 0
@@ -162,10 +163,10 @@ def test_unwritable_run_dir_fails_before_training(tmp_path):
         ro.chmod(0o500)
         target = ro / "run"
     with pytest.raises(ValueError, match="not writable"):
-        train.train(_cfg(steps=5), target, progress=False)
+        train.train(_cfg(steps=5), RunDir(target), progress=False)
 
 
 def test_relative_run_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    s = train.train(_cfg(steps=12), Path("rel") / "run", progress=False)
+    s = train.train(_cfg(steps=12), RunDir(Path("rel") / "run"), progress=False)
     assert s["status"] == "done" and (tmp_path / "rel" / "run" / "checkpoints" / "12").is_dir()

@@ -10,14 +10,14 @@ Two views of the same quantity:
   S(B) = S_min (1 + B_noise/B), fitted with jaxscale.fit (NUTS); B_crit = E_min/S_min = B_noise.
   Across targets B_crit(L) = B*/L^(1/alpha_B) (Kaplan 2020 eq. 5.3).
 
-Analysis entry points: :func:`analyse` on a results directory, :func:`save` for tables and plots,
-and the ``jaxscale critical-batch RESULTS`` command. Only numpy/pandas load at import; jax,
-numpyro and matplotlib are imported when a fit or a plot is made.
+Entry point: :func:`analyse` on a results directory gives a :class:`CriticalBatch` (table,
+describe, plot, save); the command is ``jaxscale critical-batch RESULTS``. The noise-scale
+estimator itself lives in jaxscale.core.noise; a planted sweep with known answers in
+jaxscale.analysis.synthetic.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import warnings
@@ -31,10 +31,8 @@ import numpy as np
 import pandas as pd
 
 from jaxscale.analysis import fit as F
-from jaxscale.config import ModelConfig, RunConfig, TrainConfig
-from jaxscale.core.noise import NoiseScaleEMA, noise_scale_terms  # noqa: F401 - re-export
+from jaxscale.analysis import plotting
 from jaxscale.runs import results as R
-from jaxscale.runs import store
 
 # Kaplan et al. 2020 eq. 5.3 / Fig. 10: WebText2 BPE, 1e6-1e9-parameter models. Shown only as a
 # reference point: a different data set, tokenizer and model scale from any study run here.
@@ -289,7 +287,7 @@ def fit_hyperbola(
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class TargetFit:
     """One target loss: the fitted hyperbola and draws of S_min, E_min and B_crit (sequences)."""
 
@@ -348,7 +346,7 @@ def power_law_draws(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class CriticalBatch:
     """A batch sweep's critical-batch analysis (units: B in sequences unless *_tokens)."""
 
@@ -361,7 +359,7 @@ class CriticalBatch:
     gns: Any  # run_id, B, step, loss, gns_b_simple, gns_b_simple_tokens
     problems: list[str] = field(default_factory=list)
 
-    def table(self) -> Any:
+    def table(self) -> pd.DataFrame:
         """One row per target: runs used, S_min, E_min, B_crit (seq, tokens) 5/50/95%, B_simple."""
 
         T = self.context_length
@@ -399,6 +397,78 @@ class CriticalBatch:
         ):
             out[k] = {f"q{round(q * 100)}": float(x) for q, x in zip(QS, np.quantile(v, QS))}
         return out
+
+    def describe(self) -> str:
+        """Readable summary: B_crit per target with 90% intervals, the power law, B_simple."""
+        T = self.context_length
+        src = "smoothed train loss" if self.loss == "train" else "eval loss"
+        lines = [
+            f"Critical batch (Kaplan 2020 §5.1) from {self.points['run_id'].nunique()} runs in "
+            f"{self.results}; targets on the {src}; B in sequences of {T} tokens; "
+            "median [90% interval]:"
+        ]
+        for f in self.fits:
+            bs = self.points.loc[self.points["target"] == f.target, "b_simple_tokens"]
+            bs_txt = f"   B_simple {np.nanmedian(bs):.3g} tok" if bs.notna().any() else ""
+            lines.append(
+                f"  L={f.target:.4f} ({f.n_runs} runs): B_crit {_fmt_q(f.b_crit, ' seq')} = "
+                f"{_fmt_q(f.b_crit * T, ' tok')}   S_min {_fmt_q(f.s_min)}   "
+                f"E_min {_fmt_q(f.e_min * T, ' tok')}{bs_txt}" + ("" if not f.problems else "  [!]")
+            )
+        law = self.law_summary()
+        if law:
+            lines.append(
+                f"  B_crit(L) = B*/L^(1/alpha_B): B* {_fmt_q(law['B_star_tokens'], ' tok')}, "
+                f"alpha_B {_fmt_q(law['alpha_B'])} (1/alpha_B {_fmt_q(law['inv_alpha_B'])})"
+            )
+        lines.append(f"  reference only, not comparable: {KAPLAN_LABEL}")
+        if len(self.gns):
+            end = self.gns.groupby("run_id").tail(1)["gns_b_simple_tokens"]
+            lines.append(
+                f"  B_simple at the end of training (McCandlish 2018): {end.min():.3g}-{end.max():.3g}"
+                f" tokens across {len(end)} runs"
+            )
+        for p in self.problems:
+            lines.append(f"  problem: {p}")
+        return "\n".join(lines)
+
+    def plot(self, out_dir: str | Path) -> list[Path]:
+        """pareto, b_crit and b_simple figures (PNG + SVG), each when there is data for it."""
+        out = Path(out_dir)
+        paths = []
+        if self.fits:
+            paths += _plot_pareto(self, out)
+            paths += _plot_bcrit(self, out)
+        if len(self.gns) or self.fits:
+            paths += _plot_b_simple(self, out)
+        return paths
+
+    def save(self, out_dir: str | Path, *, plots: bool = True) -> list[Path]:
+        """Write table.csv, points.csv, summary.json and (unless plots=False) the plots."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [out / "table.csv", out / "points.csv", out / "summary.json"]
+        table = self.table()
+        table.to_csv(paths[0], index=False)
+        self.points.to_csv(paths[1], index=False)
+        info = {
+            "results": self.results,
+            "loss": self.loss,
+            "context_length": self.context_length,
+            "targets": json.loads(table.to_json(orient="records")),
+            "law": self.law_summary(),
+            "reference": {
+                "paper": "Kaplan et al. 2020 eq. 5.3",
+                "note": "different setup",
+                "B_star_tokens": KAPLAN_B_STAR_TOKENS,
+                "alpha_B": KAPLAN_ALPHA_B,
+            },
+            "problems": self.problems,
+        }
+        paths[2].write_text(json.dumps(info, indent=2, default=float))
+        if plots:
+            paths += self.plot(out)
+        return paths
 
 
 def gns_table(runs_df: Any, curves_df: Any) -> Any:
@@ -463,71 +533,14 @@ def _fmt_q(d: dict[str, float] | np.ndarray, unit: str = "") -> str:
     return f"{q['q50']:.3g}{unit} [{q['q5']:.3g}, {q['q95']:.3g}]"
 
 
-def format_report(cb: CriticalBatch) -> str:
-    """Readable summary: B_crit per target with 90% intervals, the power law, B_simple."""
-    T = cb.context_length
-    src = "smoothed train loss" if cb.loss == "train" else "eval loss"
-    lines = [
-        f"Critical batch (Kaplan 2020 §5.1) from {cb.points['run_id'].nunique()} runs in "
-        f"{cb.results}; targets on the {src}; B in sequences of {T} tokens; "
-        "median [90% interval]:"
-    ]
-    for f in cb.fits:
-        bs = cb.points.loc[cb.points["target"] == f.target, "b_simple_tokens"]
-        bs_txt = f"   B_simple {np.nanmedian(bs):.3g} tok" if bs.notna().any() else ""
-        lines.append(
-            f"  L={f.target:.4f} ({f.n_runs} runs): B_crit {_fmt_q(f.b_crit, ' seq')} = "
-            f"{_fmt_q(f.b_crit * T, ' tok')}   S_min {_fmt_q(f.s_min)}   "
-            f"E_min {_fmt_q(f.e_min * T, ' tok')}{bs_txt}" + ("" if not f.problems else "  [!]")
-        )
-    law = cb.law_summary()
-    if law:
-        lines.append(
-            f"  B_crit(L) = B*/L^(1/alpha_B): B* {_fmt_q(law['B_star_tokens'], ' tok')}, "
-            f"alpha_B {_fmt_q(law['alpha_B'])} (1/alpha_B {_fmt_q(law['inv_alpha_B'])})"
-        )
-    lines.append(f"  reference only, not comparable: {KAPLAN_LABEL}")
-    if len(cb.gns):
-        end = cb.gns.groupby("run_id").tail(1)["gns_b_simple_tokens"]
-        lines.append(
-            f"  B_simple at the end of training (McCandlish 2018): {end.min():.3g}-{end.max():.3g}"
-            f" tokens across {len(end)} runs"
-        )
-    for p in cb.problems:
-        lines.append(f"  problem: {p}")
-    return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------------------------
-# Outputs
+# Plots
 # --------------------------------------------------------------------------------------------
 
 
-def _save_fig(fig: Any, stem: Path) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    out = []
-    for ext in ("png", "svg"):
-        p = stem.with_suffix(f".{ext}")
-        fig.savefig(p, dpi=120, bbox_inches="tight")
-        out.append(p)
-    plt.close(fig)
-    return out
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    if matplotlib.get_backend().lower() not in ("agg", "svg", "pdf"):
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_pareto(cb: CriticalBatch, out: Path) -> list[Path]:
+def _plot_pareto(cb: CriticalBatch, out: Path) -> list[Path]:
     """S vs E (tokens) per target loss with the fitted hyperbola (median, 90% band)."""
-    plt = _plt()
+    plt = plotting.pyplot()
     T = cb.context_length
     fig, ax = plt.subplots(figsize=(6, 4.4))
     cmap = plt.get_cmap("viridis")
@@ -539,10 +552,9 @@ def plot_pareto(cb: CriticalBatch, out: Path) -> list[Path]:
         e_min = np.median(f.e_min) * T
         E = np.geomspace(e_min * 1.02, max(p["E_tokens"].max() * 3, e_min * 30), 80)
         r_MxG = E[None, :] / (f.e_min[:, None] * T) - 1.0
-        S_MxG = np.where(r_MxG > 0, f.s_min[:, None] * (1 + 1 / np.maximum(r_MxG, 1e-300)), 1e300)
-        q = np.quantile(S_MxG, QS, axis=0)
-        ax.plot(E, q[1], color=col, lw=1.2, label=f"L={f.target:.3f}")
-        ax.fill_between(E, q[0], np.minimum(q[2], 1e30), color=col, alpha=0.15, lw=0)
+        # below E_min no step count reaches L: a cap far above the axis keeps the band drawable
+        S_MxG = np.where(r_MxG > 0, f.s_min[:, None] * (1 + 1 / np.maximum(r_MxG, 1e-300)), 1e30)
+        plotting.quantile_band(ax, E, S_MxG, color=col, label=f"L={f.target:.3f}")
         for _, r in p.iterrows():
             ax.annotate(
                 f"B={r['B']}",
@@ -552,8 +564,7 @@ def plot_pareto(cb: CriticalBatch, out: Path) -> list[Path]:
                 xytext=(3, 2),
                 textcoords="offset points",
             )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    plotting.log_axes(ax)
     s_all = cb.points["S"].dropna()
     if len(s_all):
         ax.set_ylim(s_all.min() / 3, s_all.max() * 3)
@@ -563,12 +574,12 @@ def plot_pareto(cb: CriticalBatch, out: Path) -> list[Path]:
         "steps vs examples: (S/S_min-1)(E/E_min-1)=1 (Kaplan 2020 §5.1); 90% bands", fontsize=8
     )
     ax.legend(fontsize=7)
-    return _save_fig(fig, out / "pareto")
+    return plotting.save_figure(fig, out / "pareto")
 
 
-def plot_bcrit(cb: CriticalBatch, out: Path) -> list[Path]:
+def _plot_bcrit(cb: CriticalBatch, out: Path) -> list[Path]:
     """B_crit (tokens) vs target loss with the power-law band, logged B_simple vs loss overlaid."""
-    plt = _plt()
+    plt = plotting.pyplot()
     T = cb.context_length
     fig, ax = plt.subplots(figsize=(6, 4.4))
     ax.set_yscale("log")  # before reading limits below
@@ -605,9 +616,7 @@ def plot_bcrit(cb: CriticalBatch, out: Path) -> list[Path]:
     if cb.law:
         Lg = np.linspace(L.min() * 0.97, L.max() * 1.03, 50)
         b_MxG = (cb.law["B_star"][:, None] * T) * Lg[None, :] ** (-cb.law["inv_alpha_B"][:, None])
-        qb = np.quantile(b_MxG, QS, axis=0)
-        ax.plot(Lg, qb[1], color="C1", label="B*/L^(1/alpha_B) fit")
-        ax.fill_between(Lg, qb[0], qb[2], color="C1", alpha=0.2, lw=0)
+        plotting.quantile_band(ax, Lg, b_MxG, color="C1", label="B*/L^(1/alpha_B) fit", alpha=0.2)
     if len(L):
         ylim = ax.get_ylim()
         Lk = np.linspace(L.min() * 0.97, L.max() * 1.03, 50)
@@ -629,12 +638,12 @@ def plot_bcrit(cb: CriticalBatch, out: Path) -> list[Path]:
     ax.set_ylabel("critical batch (tokens)")
     ax.set_title("B_crit(L) (Kaplan 2020 eq. 5.3) and B_simple (McCandlish 2018)", fontsize=8)
     ax.legend(fontsize=6)
-    return _save_fig(fig, out / "b_crit")
+    return plotting.save_figure(fig, out / "b_crit")
 
 
-def plot_b_simple(cb: CriticalBatch, out: Path) -> list[Path]:
+def _plot_b_simple(cb: CriticalBatch, out: Path) -> list[Path]:
     """Logged B_simple (tokens) over training per run, fitted B_crit range shaded."""
-    plt = _plt()
+    plt = plotting.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     cmap = plt.get_cmap("plasma")
     Bs = sorted(cb.gns["B"].unique()) if len(cb.gns) else []
@@ -651,211 +660,10 @@ def plot_b_simple(cb: CriticalBatch, out: Path) -> list[Path]:
         q = np.quantile(f.b_crit * cb.context_length, QS)
         ax.axhspan(q[0], q[2], color=f"C{i}", alpha=0.08, lw=0)
         ax.axhline(q[1], color=f"C{i}", ls="--", lw=0.8, label=f"B_crit at L={f.target:.3f}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    plotting.log_axes(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("B_simple (tokens)")
     ax.set_title("gradient noise scale B_simple = tr(Sigma)/|G|^2 during training", fontsize=8)
     if Bs or cb.fits:
         ax.legend(fontsize=6)
-    return _save_fig(fig, out / "b_simple")
-
-
-def save(cb: CriticalBatch, out: str | Path, *, plots: bool = True) -> list[Path]:
-    """Write table.csv, points.csv, summary.json and (unless plots=False) PNG+SVG plots."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "table.csv", out / "points.csv", out / "summary.json"]
-    cb.table().to_csv(paths[0], index=False)
-    cb.points.to_csv(paths[1], index=False)
-    info = {
-        "results": cb.results,
-        "loss": cb.loss,
-        "context_length": cb.context_length,
-        "targets": json.loads(cb.table().to_json(orient="records")),
-        "law": cb.law_summary(),
-        "reference": {
-            "paper": "Kaplan et al. 2020 eq. 5.3",
-            "note": "different setup",
-            "B_star_tokens": KAPLAN_B_STAR_TOKENS,
-            "alpha_B": KAPLAN_ALPHA_B,
-        },
-        "problems": cb.problems,
-    }
-    paths[2].write_text(json.dumps(info, indent=2, default=float))
-    if plots:
-        if cb.fits:
-            paths += plot_pareto(cb, out)
-            paths += plot_bcrit(cb, out)
-        if len(cb.gns) or cb.fits:
-            paths += plot_b_simple(cb, out)
-    return paths
-
-
-# --------------------------------------------------------------------------------------------
-# A planted sweep with known answers (for validating the analysis end to end)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PlantedSweep:
-    """Synthetic batch sweep with known B_crit(L): S_min(L) = s0/(L - l_inf)^2 steps and
-    B_noise(L) = b_star L^-inv_alpha_b sequences; a run at batch B reaches L at
-    S = S_min(L) (1 + B_noise(L)/B) (Kaplan 2020 eq. 5.1). Units: sequences of context_length."""
-
-    b_star: float = 54.0
-    inv_alpha_b: float = 3.0
-    s0: float = 50.0
-    l_inf: float = 1.0
-    context_length: int = 32
-    loss_noise: float = 0.01
-    gns_noise: float = 0.1
-
-    def b_crit(self, L: Any) -> Any:
-        """Planted B_crit(L) = B_noise(L) in sequences."""
-        return self.b_star * np.asarray(L, np.float64) ** -self.inv_alpha_b
-
-    def steps(self, L: Any, B: float) -> Any:
-        """Planted steps to reach L at batch B."""
-        L = np.asarray(L, np.float64)
-        return self.s0 / (L - self.l_inf) ** 2 * (1 + self.b_crit(L) / B)
-
-    def write(
-        self,
-        root: str | Path,
-        batch_sizes: Sequence[int] = (2, 4, 8, 16, 32, 64, 128),
-        *,
-        l_end: float = 1.42,
-        seed: int = 0,
-    ) -> list[str]:
-        """Write one run per batch size in the run-store format (config/metrics/summary)."""
-
-        if not l_end > self.l_inf:
-            raise ValueError(f"l_end={l_end} must exceed l_inf={self.l_inf} (never reached)")
-        rng = np.random.default_rng(seed)
-        T = self.context_length
-        L_grid = np.linspace(self.l_inf + 3.0, l_end, 4000)
-        ids = []
-        for B in batch_sizes:
-            s_grid = self.steps(L_grid, B)  # increasing as L falls
-            n = int(math.ceil(s_grid[-1]))
-            step = np.arange(1, n + 1)
-            L = np.interp(np.log(step), np.log(s_grid), L_grid)
-            L_obs = L + self.loss_noise * rng.standard_normal(n)
-            bs = self.b_crit(L) * np.exp(self.gns_noise * rng.standard_normal(n))
-            ev = max(1, n // 5)
-            cfg = RunConfig(
-                model=ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, context_length=T),
-                train=TrainConfig(
-                    batch_size=int(B),
-                    steps=n,
-                    grad_accum=2,
-                    gns=True,
-                    warmup_steps=0,
-                    schedule="constant",
-                    eval_every=ev,
-                ),
-                name=f"planted_B{B}",
-            )
-            rid = cfg.run_id()
-            d = Path(root) / rid
-            store.write_json_atomic(d / "config.json", {**cfg.to_dict(), "run_id": rid})
-            rows = [
-                {
-                    "step": int(k),
-                    "tokens": int(k * B * T),
-                    "loss": float(lo),
-                    "gns_b_simple": float(b),
-                    "gns_b_simple_tokens": float(b * T),
-                }
-                for k, lo, b in zip(step, L_obs, bs)
-            ]
-            for r in [*rows[ev - 1 :: ev], rows[-1]]:
-                r["eval_loss"] = r["loss"] + 0.02
-            store.append_jsonl(d / "metrics.jsonl", rows)
-            store.write_json_atomic(
-                d / "summary.json",
-                {
-                    "status": "done",
-                    "steps": n,
-                    "tokens": n * B * T,
-                    "loss": rows[-1]["eval_loss"],
-                    "train_loss": rows[-1]["loss"],
-                },
-            )
-            ids.append(rid)
-        return ids
-
-
-# --------------------------------------------------------------------------------------------
-# CLI (wired by jaxscale.cli)
-# --------------------------------------------------------------------------------------------
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        vals = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated losses, got {text!r}") from None
-    if not vals or not all(math.isfinite(v) and v > 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"target losses must be positive numbers, got {text!r}")
-    return vals
-
-
-def add_batch_parser(subparsers: Any) -> None:
-    """`jaxscale critical-batch RESULTS ...`."""
-    p = subparsers.add_parser(
-        "critical-batch",
-        help="critical batch size from a batch-size sweep (+ logged gradient noise scale)",
-        description="Steps S and examples E to reach target losses across batch sizes at a fixed "
-        "model; fits S(B) = S_min (1 + B_crit/B) per target with NUTS and B_crit(L) = "
-        "B*/L^(1/alpha_B) across targets (Kaplan et al. 2020 §5.1); overlays the logged gradient "
-        "noise scale B_simple (McCandlish et al. 2018).",
-    )
-    p.add_argument("results", help="results directory of one model's batch sweep")
-    p.add_argument(
-        "--targets",
-        type=_floats,
-        default=None,
-        help="comma-separated target losses (default: chosen from the curves)",
-    )
-    p.add_argument("--n-targets", type=int, default=4, help="automatic targets to choose")
-    p.add_argument(
-        "--loss",
-        choices=LOSS_KINDS,
-        default="train",
-        help="which curve reaches the targets: smoothed train loss or eval loss",
-    )
-    p.add_argument(
-        "--bandwidth", type=float, default=0.1, help="train-loss smoothing width in ln(step)"
-    )
-    p.add_argument("--method", choices=("nuts", "laplace", "map"), default="nuts")
-    p.add_argument("--chains", type=int, default=4)
-    p.add_argument("--warmup", type=int, default=1000)
-    p.add_argument("--draws", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="output directory (default RESULTS/critical_batch)")
-    p.add_argument("--no-plots", action="store_true")
-
-
-def run_batch_cli(args: argparse.Namespace) -> int:
-    """Run `jaxscale critical-batch`; exit 1 if no target could be fitted or a fit failed."""
-    if args.n_targets < 1:
-        raise ValueError(f"--n-targets must be >= 1, got {args.n_targets}")
-    cb = analyse(
-        args.results,
-        targets=args.targets,
-        n_targets=args.n_targets,
-        loss=args.loss,
-        bandwidth=args.bandwidth,
-        method=args.method,
-        chains=args.chains,
-        warmup=args.warmup,
-        draws=args.draws,
-        seed=args.seed,
-    )
-    print(format_report(cb))
-    out = Path(args.out) if args.out else Path(args.results) / "critical_batch"
-    paths = save(cb, out, plots=not args.no_plots)
-    print(f"wrote {len(paths)} files to {out}: " + ", ".join(p.name for p in paths))
-    return 0 if cb.fits and all(not f.problems for f in cb.fits) else 1
+    return plotting.save_figure(fig, out / "b_simple")

@@ -15,23 +15,33 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from jaxscale.analysis import plotting
 from jaxscale.core import flops
 from jaxscale.runs import results as results_lib
 
-if TYPE_CHECKING:  # pandas is imported where used so `jaxscale --help` stays fast
-    pass
-
 DEFAULT_CONVENTION = "kaplan_attn"
 _TAG = re.compile(r"C(\d\.\d+e[+-]\d+)")
+# Optima columns printed by describe() (optima.csv has them all).
+SHOWN_COLUMNS = [
+    "budget",
+    "n_runs",
+    "best_N",
+    "best_loss",
+    "N_opt",
+    "log10_N_opt_se",
+    "D_opt",
+    "tokens_per_param",
+    "loss_opt",
+    "interior",
+]
 
 
 def param_column(convention: str, params: str | None = None) -> str:
@@ -94,7 +104,7 @@ def isoflop_groups(
 ) -> dict[float, pd.DataFrame]:
     """Finished runs grouped by compute budget.
 
-    Runs made by sweep.isoflop_plan carry their budget in the name (C1.000e+12); other runs are
+    Runs made by grids.isoflop_plan carry their budget in the name (C1.000e+12); other runs are
     clustered by their compute C, a new group starting where C jumps by more than rtol.
     """
 
@@ -254,9 +264,9 @@ def power_law(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 # --- the whole analysis -----------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class Frontier:
-    """Everything `jaxscale frontier` computes."""
+    """Everything `jaxscale frontier` computes: envelope points and isoFLOP optima."""
 
     convention: str
     loss: str
@@ -273,6 +283,50 @@ class Frontier:
             return {"a": math.nan, "b": math.nan}
         o = self.optima[self.optima["interior"]]
         return {"a": power_law(o["C"], o["N_opt"])[0], "b": power_law(o["C"], o["D_opt"])[0]}
+
+    def table(self) -> pd.DataFrame:
+        """isoFLOP optima, one row per compute budget."""
+        return self.optima
+
+    def describe(self) -> str:
+        """Run and envelope counts, the optima table and the fitted allocation exponents."""
+        lines = [
+            f"{len(self.runs)} runs, {len(self.points)} {self.loss}-loss points, "
+            f"{len(self.envelope)} on the envelope (C in {self.convention} FLOPs, "
+            f"N = {self.params})"
+        ]
+        if not len(self.optima):
+            lines.append("no isoFLOP profiles (need >= 3 finished sizes at a budget)")
+            return "\n".join(lines)
+        with pd.option_context("display.width", 160, "display.float_format", "{:.4g}".format):
+            lines.append(self.optima[SHOWN_COLUMNS].to_string(index=False))
+        ex = self.exponents()
+        lines.append(
+            f"N_opt ∝ C^{ex['a']:.3f}, D_opt ∝ C^{ex['b']:.3f} (least squares over interior "
+            "vertices; use `jaxscale fit` for intervals)"
+        )
+        return "\n".join(lines)
+
+    def save(self, out_dir: str | Path) -> list[Path]:
+        """Write envelope.csv, optima.csv, frontier.json and the three plots (PNG + SVG)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.envelope.to_csv(out / "envelope.csv", index=False)
+        self.optima.to_csv(out / "optima.csv", index=False)
+        meta = {
+            "convention": self.convention,
+            "loss": "eval_loss" if self.loss == "eval" else "train loss (EMA-smoothed)",
+            "params": self.params,
+            "exponents": self.exponents(),
+            "optima": json.loads(self.optima.to_json(orient="records")),
+        }
+        (out / "frontier.json").write_text(json.dumps(meta, indent=2))
+        written = [out / "envelope.csv", out / "optima.csv", out / "frontier.json"]
+        return written + self.plot(out)
+
+    def plot(self, out_dir: str | Path) -> list[Path]:
+        """loss_vs_compute, isoflop and optima figures as PNG and SVG."""
+        return _plot(self, Path(out_dir))
 
 
 def analyse(
@@ -306,31 +360,9 @@ def analyse(
     )
 
 
-def save(fr: Frontier, out: str | Path) -> list[Path]:
-    """Write envelope.csv, optima.csv, frontier.json and the three plots (PNG + SVG)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    fr.envelope.to_csv(out / "envelope.csv", index=False)
-    fr.optima.to_csv(out / "optima.csv", index=False)
-    meta = {
-        "convention": fr.convention,
-        "loss": "eval_loss" if fr.loss == "eval" else "train loss (EMA-smoothed)",
-        "params": fr.params,
-        "exponents": fr.exponents(),
-        "optima": json.loads(fr.optima.to_json(orient="records")),
-    }
-    (out / "frontier.json").write_text(json.dumps(meta, indent=2))
-    written = [out / "envelope.csv", out / "optima.csv", out / "frontier.json"]
-    written += plot(fr, out)
-    return written
-
-
-def plot(fr: Frontier, out: Path) -> list[Path]:
-    """loss_vs_compute, isoflop and optima figures as PNG and SVG (matplotlib Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+def _plot(fr: Frontier, out: Path) -> list[Path]:
+    plt = plotting.pyplot()
+    import matplotlib  # lazy, like pyplot: colour norms and tick formatters
 
     written: list[Path] = []
     ncol = fr.params
@@ -343,7 +375,8 @@ def plot(fr: Frontier, out: Path) -> list[Path]:
     ylabel = "eval loss" if fr.loss == "eval" else "train loss (EMA)"
     xlabel = f"training compute C [FLOPs, {fr.convention}]"
 
-    def done(fig, name: str) -> None:
+    def done(fig: Any, name: str) -> None:
+        # Minor log-tick labels crowd these small panels; the loss axis reads better in decimals.
         for a in fig.axes[:1] if name != "optima" else []:
             for axis in (a.xaxis, a.yaxis):
                 if axis.get_scale() == "log":
@@ -351,11 +384,7 @@ def plot(fr: Frontier, out: Path) -> list[Path]:
             if a.get_yscale() == "log" and name == "loss_vs_compute":
                 a.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
                 a.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
-        for ext in ("png", "svg"):
-            p = out / f"{name}.{ext}"
-            fig.savefig(p, dpi=130, bbox_inches="tight")
-            written.append(p)
-        plt.close(fig)
+        written.extend(plotting.save_figure(fig, out / name))
 
     # 1. every curve and the envelope (Kaplan 2020 Fig. 1 middle)
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -458,74 +487,3 @@ def plot(fr: Frontier, out: Path) -> list[Path]:
     axes[1].set_title("compute-optimal tokens")
     done(fig, "optima")
     return written
-
-
-# --- CLI ------------------------------------------------------------------------------------
-
-
-def add_frontier_parser(subparsers: Any) -> None:
-    """`jaxscale frontier RESULTS [--convention C] [--out DIR] [--loss eval|train]`."""
-    p = subparsers.add_parser(
-        "frontier",
-        help="loss-vs-compute envelope and isoFLOP optima of a results directory",
-        description="Lower envelope of loss vs compute over all runs, isoFLOP parabola "
-        "vertices N_opt(C), D_opt(C); writes CSV/JSON and PNG+SVG plots.",
-    )
-    p.add_argument("results", help="results directory (one sub-directory per run)")
-    p.add_argument("--convention", default=DEFAULT_CONVENTION, help="FLOP convention for C")
-    p.add_argument("--out", default=None, help="output directory (default <results>/frontier)")
-    p.add_argument(
-        "--loss",
-        choices=("eval", "train"),
-        default="eval",
-        help="envelope from eval_loss points (default) or EMA-smoothed train loss",
-    )
-    p.add_argument(
-        "--params",
-        choices=("nonembedding", "total"),
-        default=None,
-        help="N used for the profiles (default: total for chinchilla, else non-embedding)",
-    )
-
-
-def run_frontier_cli(args: Any) -> int:
-    """Entry point for `jaxscale frontier`."""
-
-    try:
-        fr = analyse(args.results, args.convention, loss=args.loss, params=args.params)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not len(fr.runs):
-        print(f"error: no runs found in {args.results}", file=sys.stderr)
-        return 2
-    out = Path(args.out) if args.out else Path(args.results) / "frontier"
-    written = save(fr, out)
-    print(
-        f"{len(fr.runs)} runs, {len(fr.points)} {fr.loss}-loss points, "
-        f"{len(fr.envelope)} on the envelope (C in {fr.convention} FLOPs, N = {fr.params})"
-    )
-    if len(fr.optima):
-        cols = [
-            "budget",
-            "n_runs",
-            "best_N",
-            "best_loss",
-            "N_opt",
-            "log10_N_opt_se",
-            "D_opt",
-            "tokens_per_param",
-            "loss_opt",
-            "interior",
-        ]
-        with pd.option_context("display.width", 160, "display.float_format", "{:.4g}".format):
-            print(fr.optima[cols].to_string(index=False))
-        ex = fr.exponents()
-        print(
-            f"N_opt ∝ C^{ex['a']:.3f}, D_opt ∝ C^{ex['b']:.3f} (least squares over interior "
-            "vertices; use `jaxscale fit` for intervals)"
-        )
-    else:
-        print("no isoFLOP profiles (need >= 3 finished sizes at a budget)")
-    print(f"wrote {len(written)} files to {out}")
-    return 0

@@ -11,7 +11,6 @@ drift as a power law in N (and in B where a size was run at several batch sizes)
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from jaxscale.analysis import plotting
 from jaxscale.analysis.frontier import Parabola, fit_parabola
 from jaxscale.runs import results as results_lib
 from jaxscale.runs import store
@@ -92,7 +92,7 @@ def _wls_slope(x: np.ndarray, y: np.ndarray, se: np.ndarray) -> tuple[float, flo
     return float(beta[1]), slope_se, float(beta[0])
 
 
-@dataclass
+@dataclass(frozen=True)
 class LRStudy:
     """Per-(N, B) optima and their drift with N and B."""
 
@@ -111,6 +111,25 @@ class LRStudy:
             "drift_B": self.drift_B,
             "points": json.loads(self.points.to_json(orient="records")),
         }
+
+    def table(self) -> pd.DataFrame:
+        """Fitted optimum, its SE and the basin width per (N, B) group."""
+        return self.optima
+
+    def describe(self) -> str:
+        """Readable summary: optimum per group, basin widths and drift."""
+        return _describe(self)
+
+    def plot(self, out_dir: str | Path) -> list[Path]:
+        """Loss vs LR per (N, B) with parabolas and optima; LR_opt vs N (and B): lr.png/.svg."""
+        return _plot(self, Path(out_dir))
+
+    def save(self, out_dir: str | Path) -> list[Path]:
+        """Write lr.json (every number), lr_optima.csv and the plot."""
+        out = Path(out_dir)
+        store.write_json_atomic(out / "lr.json", self.to_dict())
+        self.optima.to_csv(out / "lr_optima.csv", index=False)
+        return [out / "lr.json", out / "lr_optima.csv", *self.plot(out)]
 
 
 def analyse_points(points: pd.DataFrame, *, tol: float = 0.01, half_window: int = 2) -> LRStudy:
@@ -208,15 +227,8 @@ def analyse(results: str | Path, *, tol: float = 0.01, half_window: int = 2) -> 
     return analyse_points(pts, tol=tol, half_window=half_window)
 
 
-def plot(study: LRStudy, out: str | Path) -> list[Path]:
-    """Loss vs LR per (N, B) with parabolas and optima; LR_opt vs N (and B)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def _plot(study: LRStudy, out: Path) -> list[Path]:
+    plt = plotting.pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
     opt, pts = study.optima, study.points
     Ns = sorted(opt["N"].unique())
@@ -288,17 +300,10 @@ def plot(study: LRStudy, out: str | Path) -> list[Path]:
     )
     bx.legend(fontsize=7)
     fig.tight_layout()
-    paths = []
-    for ext in ("png", "svg"):
-        p = out / f"lr.{ext}"
-        fig.savefig(p, dpi=130, bbox_inches="tight")
-        paths.append(p)
-    plt.close(fig)
-    return paths
+    return plotting.save_figure(fig, out / "lr")
 
 
-def describe(study: LRStudy) -> str:
-    """Readable summary: optimum per group, basin widths and drift."""
+def _describe(study: LRStudy) -> str:
     lines = [
         f"LR sensitivity (parabola in log10 LR over the best grid point ± neighbours; "
         f"basin = fitted loss within {100 * study.tol:g}% of the optimum):"
@@ -323,46 +328,3 @@ def describe(study: LRStudy) -> str:
             f"B^{b['exponent']:.3f}±{b['exponent_se']:.3f}"
         )
     return "\n".join(lines)
-
-
-def add_lr_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """`jaxscale lr RESULTS [--tol 0.01] [--window 2] [--out DIR]`."""
-    p = subparsers.add_parser(
-        "lr",
-        help="learning-rate sensitivity: loss vs LR per size, optimum and drift with N, B",
-        description="Fits a parabola in log10 LR per (model size, batch size) around the best "
-        "LR (Kaplan 2020 App. D.6), reports the optimum ± SE, the basin width and the "
-        "optimum's drift with N and B.",
-    )
-    p.add_argument("results", help="results directory of an LR sweep (e.g. experiments/lr.py)")
-    p.add_argument(
-        "--tol",
-        type=float,
-        default=0.01,
-        help="basin: relative loss excess over the optimum (default 0.01 = 1%%)",
-    )
-    p.add_argument(
-        "--window",
-        type=int,
-        default=2,
-        help="grid neighbours each side of the best LR used in the parabola",
-    )
-    p.add_argument("--out", default=None, help="output directory (default <results>/analyses)")
-    return p
-
-
-def run_lr_cli(args: argparse.Namespace) -> int:
-    """Entry point for `jaxscale lr`."""
-
-    if not args.tol > 0:
-        raise ValueError(f"--tol must be > 0, got {args.tol}")
-    if args.window < 1:
-        raise ValueError(f"--window must be >= 1, got {args.window}")
-    study = analyse(args.results, tol=args.tol, half_window=args.window)
-    out = Path(args.out) if args.out else Path(args.results) / "analyses"
-    store.write_json_atomic(out / "lr.json", study.to_dict())
-    study.optima.to_csv(out / "lr_optima.csv", index=False)
-    written = plot(study, out)
-    print(describe(study))
-    print(f"wrote lr.json, lr_optima.csv and {len(written)} plots to {out}")
-    return 0

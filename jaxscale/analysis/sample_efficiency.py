@@ -13,7 +13,6 @@ Two questions Kaplan et al. 2020 answer from training curves (§3, Fig. 2; §5, 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from jaxscale.analysis import fit as fit_lib
+from jaxscale.analysis import plotting
 from jaxscale.runs import results as results_lib
 from jaxscale.runs import store
 
@@ -215,7 +215,7 @@ def error_summary(errors: pd.DataFrame) -> pd.DataFrame:
 # --- the study ------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class EfficiencyStudy:
     """Tokens-to-loss per N and learning-curve extrapolation errors."""
 
@@ -224,7 +224,6 @@ class EfficiencyStudy:
     reach: pd.DataFrame
     laws: pd.DataFrame
     errors: pd.DataFrame
-    summary: pd.DataFrame
     params: dict[float, dict[str, float]]
     loss: str
 
@@ -234,10 +233,35 @@ class EfficiencyStudy:
             "runs": json.loads(self.runs.to_json(orient="records")),
             "tokens_to_reach": json.loads(self.reach.to_json(orient="records")),
             "laws": json.loads(self.laws.to_json(orient="records")),
-            "extrapolation": json.loads(self.summary.to_json(orient="records")),
+            "extrapolation": json.loads(self.table().to_json(orient="records")),
             "extrapolation_per_run": json.loads(self.errors.to_json(orient="records")),
             "fit_params": {str(k): v for k, v in self.params.items()},
         }
+
+    def table(self) -> pd.DataFrame:
+        """Extrapolation error of the final loss per observed fraction (error_summary)."""
+        return error_summary(self.errors)
+
+    def describe(self) -> str:
+        """Readable summary of both analyses."""
+        return _describe(self)
+
+    def plot(self, out_dir: str | Path) -> list[Path]:
+        """Curves with target crossings, D_L vs N, extrapolation error vs observed fraction."""
+        return _plot(self, Path(out_dir))
+
+    def save(self, out_dir: str | Path) -> list[Path]:
+        """Write efficiency.json (every number), the two per-run CSVs and the plot."""
+        out = Path(out_dir)
+        paths = [
+            out / "efficiency.json",
+            out / "efficiency_extrapolation.csv",
+            out / "efficiency_tokens_to_reach.csv",
+        ]
+        store.write_json_atomic(paths[0], self.to_dict())
+        self.errors.to_csv(paths[1], index=False)
+        self.reach.to_csv(paths[2], index=False)
+        return paths + self.plot(out)
 
 
 def analyse_frames(
@@ -260,7 +284,7 @@ def analyse_frames(
     tg = np.asarray(targets, float) if targets is not None else default_targets(ev_curves)
     reach, laws = tokens_to_reach(ev_runs, ev_curves, tg)
     errors, params = extrapolation_errors(runs, curves, fractions)
-    return EfficiencyStudy(runs, curves, reach, laws, errors, error_summary(errors), params, loss)
+    return EfficiencyStudy(runs, curves, reach, laws, errors, params, loss)
 
 
 def analyse(results: str | Path, **kw: Any) -> EfficiencyStudy:
@@ -270,15 +294,8 @@ def analyse(results: str | Path, **kw: Any) -> EfficiencyStudy:
     return analyse_frames(runs_df, curves_df, **kw)
 
 
-def plot(study: EfficiencyStudy, out: str | Path) -> list[Path]:
-    """Curves with target crossings, D_L vs N, and extrapolation error vs observed fraction."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def _plot(study: EfficiencyStudy, out: Path) -> list[Path]:
+    plt = plotting.pyplot()
     fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(15, 4.2))
     cmap = plt.get_cmap("viridis")
     M = len(study.runs)
@@ -330,7 +347,7 @@ def plot(study: EfficiencyStudy, out: str | Path) -> list[Path]:
         cx.plot(
             g["fraction"], 100 * g["rel_error"].abs(), "o-", color=col, ms=3, label=f"N={N:.3g}"
         )
-    s = study.summary
+    s = study.table()
     cx.plot(s["fraction"], 100 * s["median_abs_rel_error"], "k-", lw=2, label="median")
     cx.set(
         yscale="log",
@@ -340,17 +357,10 @@ def plot(study: EfficiencyStudy, out: str | Path) -> list[Path]:
     )
     cx.legend(fontsize=7)
     fig.tight_layout()
-    paths = []
-    for ext in ("png", "svg"):
-        p = out / f"efficiency.{ext}"
-        fig.savefig(p, dpi=130, bbox_inches="tight")
-        paths.append(p)
-    plt.close(fig)
-    return paths
+    return plotting.save_figure(fig, out / "efficiency")
 
 
-def describe(study: EfficiencyStudy) -> str:
-    """Readable summary of both analyses."""
+def _describe(study: EfficiencyStudy) -> str:
     lines = ["Tokens to reach a loss (first crossing, eval points):"]
     for _, law in study.laws.iterrows():
         col = f"D@{law['target_loss']:.4g}"
@@ -368,7 +378,7 @@ def describe(study: EfficiencyStudy) -> str:
         f"L(N, S) = (Nc/N)^aN + (Sc/S)^aS fitted on the first fraction f of every "
         f"{study.loss} curve, predicting the final loss:"
     )
-    for _, r in study.summary.iterrows():
+    for _, r in study.table().iterrows():
         p = study.params.get(r["fraction"], {})
         lines.append(
             f"  f={r['fraction']:.2f}: median |error| {100 * r['median_abs_rel_error']:.2f}%"
@@ -376,57 +386,3 @@ def describe(study: EfficiencyStudy) -> str:
             f" alpha_S={p.get('alpha_S', 0):.3f})"
         )
     return "\n".join(lines)
-
-
-def _floats(s: str | None) -> list[float] | None:
-    if not s:
-        return None
-    try:
-        return [float(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"expected comma-separated numbers, got {s!r}") from None
-
-
-def add_efficiency_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """`jaxscale efficiency RESULTS [--targets ...] [--fractions ...] [--loss train|eval]`."""
-    p = subparsers.add_parser(
-        "efficiency",
-        help="sample efficiency (tokens to reach a loss vs N) and learning-curve extrapolation",
-        description="From a size sweep's curves: tokens each model needs to reach target losses "
-        "(D_L ∝ N^-gamma), and how well L(N, S) (Kaplan 2020 eq. 1.6) fitted on the first "
-        "part of training predicts every run's final loss.",
-    )
-    p.add_argument("results", help="results directory (e.g. from experiments/efficiency.py)")
-    p.add_argument("--targets", default=None, help="comma-separated target losses (default auto)")
-    p.add_argument(
-        "--fractions",
-        default=",".join(str(f) for f in DEFAULT_FRACTIONS),
-        help="observed fractions of training for the extrapolation",
-    )
-    p.add_argument(
-        "--loss",
-        choices=("train", "eval"),
-        default="train",
-        help="curve fitted by L(N, S): smoothed train loss (dense) or eval points",
-    )
-    p.add_argument("--out", default=None, help="output directory (default <results>/analyses)")
-    return p
-
-
-def run_efficiency_cli(args: argparse.Namespace) -> int:
-    """Entry point for `jaxscale efficiency`."""
-
-    study = analyse(
-        args.results,
-        targets=_floats(args.targets),
-        fractions=_floats(args.fractions) or DEFAULT_FRACTIONS,
-        loss=args.loss,
-    )
-    out = Path(args.out) if args.out else Path(args.results) / "analyses"
-    store.write_json_atomic(out / "efficiency.json", study.to_dict())
-    study.errors.to_csv(out / "efficiency_extrapolation.csv", index=False)
-    study.reach.to_csv(out / "efficiency_tokens_to_reach.csv", index=False)
-    written = plot(study, out)
-    print(describe(study))
-    print(f"wrote efficiency.json, 2 CSVs and {len(written)} plots to {out}")
-    return 0

@@ -14,7 +14,6 @@ Reads <run_dir>/eval.json written by `jaxscale eval RESULTS --sets stdlib,site-p
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from jaxscale.core import evaluate
+from jaxscale.analysis import plotting, position
 from jaxscale.runs import store
 
 
@@ -94,7 +93,7 @@ def shift_table(path: str | Path) -> pd.DataFrame:
     """One row per evaluated run: run_id, name, N, step, and loss_<set> for every set."""
 
     rows = []
-    for ev in evaluate.load_evals(path):
+    for ev in position.load_evals(path):
         row = {
             "run_id": ev["run_id"],
             "name": ev.get("name", ""),
@@ -113,11 +112,11 @@ def shift_table(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("N").reset_index(drop=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ShiftStudy:
     """Per-set offset fits against the reference (in-distribution) set."""
 
-    table: pd.DataFrame
+    runs: pd.DataFrame  # shift_table: one row per evaluated run
     reference: str
     fits: dict[str, OffsetFit]
     slopes_N: dict[str, float]
@@ -129,8 +128,58 @@ class ShiftStudy:
                 k: {**f.to_dict(), "alpha_N": self.slopes_N.get(k)} for k, f in self.fits.items()
             },
             "alpha_N_reference": self.slopes_N.get(self.reference),
-            "runs": json.loads(self.table.to_json(orient="records")),
+            "runs": json.loads(self.runs.to_json(orient="records")),
         }
+
+    def table(self) -> pd.DataFrame:
+        """One row per OOD set: offset and free-line slope with 95% intervals, alpha_N."""
+        rows = {
+            s: {
+                "n": f.n,
+                "offset": f.offset,
+                "offset_lo95": f.offset_ci[0],
+                "offset_hi95": f.offset_ci[1],
+                "slope": f.slope,
+                "slope_lo95": f.slope_ci[0],
+                "slope_hi95": f.slope_ci[1],
+                "offset_resid_sd": f.resid_sd,
+                "constant_offset_consistent": f.to_dict()["constant_offset_consistent"],
+                "alpha_N": self.slopes_N.get(s),
+            }
+            for s, f in self.fits.items()
+        }
+        return pd.DataFrame.from_dict(rows, orient="index").rename_axis("set")
+
+    def describe(self) -> str:
+        """Readable summary of the offsets."""
+        lines = [
+            f"{len(self.runs)} runs; reference {self.reference!r} "
+            f"(alpha_N={self.slopes_N[self.reference]:.4f})"
+        ]
+        for s, f in self.fits.items():
+            verdict = (
+                "consistent with a constant offset"
+                if f.to_dict()["constant_offset_consistent"]
+                else "offset changes with loss"
+            )
+            lines.append(
+                f"  {s:<14} offset c={f.offset:+.4f} nats (95% [{f.offset_ci[0]:+.4f}, "
+                f"{f.offset_ci[1]:+.4f}], resid sd {f.resid_sd:.4f}); free-line slope "
+                f"{f.slope:.3f} [{f.slope_ci[0]:.3f}, {f.slope_ci[1]:.3f}] -> {verdict}; "
+                f"alpha_N={self.slopes_N[s]:.4f}"
+            )
+        return "\n".join(lines)
+
+    def plot(self, out_dir: str | Path) -> list[Path]:
+        """OOD vs in-distribution loss with the offset line, and every set's loss vs N."""
+        return _plot(self, Path(out_dir))
+
+    def save(self, out_dir: str | Path) -> list[Path]:
+        """Write shift.json (every number), shift.csv (per-run losses) and the plot."""
+        out = Path(out_dir)
+        store.write_json_atomic(out / "shift.json", self.to_dict())
+        self.runs.to_csv(out / "shift.csv", index=False)
+        return [out / "shift.json", out / "shift.csv", *self.plot(out)]
 
 
 def analyse(
@@ -159,16 +208,9 @@ def analyse(
     return ShiftStudy(t, reference, fits, slopes)
 
 
-def plot(study: ShiftStudy, out: str | Path) -> list[Path]:
-    """OOD vs in-distribution loss with the offset line, and every set's loss vs N."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    t, ref = study.table, study.reference
+def _plot(study: ShiftStudy, out: Path) -> list[Path]:
+    plt = plotting.pyplot()
+    t, ref = study.runs, study.reference
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
     x = t[f"loss_{ref}"].to_numpy(float)
     xs = np.linspace(np.nanmin(x), np.nanmax(x), 20)
@@ -205,60 +247,4 @@ def plot(study: ShiftStudy, out: str | Path) -> list[Path]:
     )
     bx.legend(fontsize=7)
     fig.tight_layout()
-    paths = []
-    for ext in ("png", "svg"):
-        p = out / f"shift.{ext}"
-        fig.savefig(p, dpi=130, bbox_inches="tight")
-        paths.append(p)
-    plt.close(fig)
-    return paths
-
-
-def describe(study: ShiftStudy) -> str:
-    """Readable summary of the offsets."""
-    lines = [
-        f"{len(study.table)} runs; reference {study.reference!r} "
-        f"(alpha_N={study.slopes_N[study.reference]:.4f})"
-    ]
-    for s, f in study.fits.items():
-        verdict = (
-            "consistent with a constant offset"
-            if f.to_dict()["constant_offset_consistent"]
-            else "offset changes with loss"
-        )
-        lines.append(
-            f"  {s:<14} offset c={f.offset:+.4f} nats (95% [{f.offset_ci[0]:+.4f}, "
-            f"{f.offset_ci[1]:+.4f}], resid sd {f.resid_sd:.4f}); free-line slope "
-            f"{f.slope:.3f} [{f.slope_ci[0]:.3f}, {f.slope_ci[1]:.3f}] -> {verdict}; "
-            f"alpha_N={study.slopes_N[s]:.4f}"
-        )
-    return "\n".join(lines)
-
-
-def add_shift_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """`jaxscale shift RESULTS [--reference stdlib] [--sets a,b] [--out DIR]`."""
-    p = subparsers.add_parser(
-        "shift",
-        help="distribution shift: OOD vs in-distribution loss offset across runs",
-        description="Reads <run>/eval.json (from `jaxscale eval --sets ...`) and fits, per OOD "
-        "set, L_ood = L_in + c (Kaplan 2020 §3.2.2) with a 95% interval, plus a free line.",
-    )
-    p.add_argument("results", help="results directory (or one run directory)")
-    p.add_argument("--reference", default="stdlib", help="in-distribution set (default stdlib)")
-    p.add_argument("--sets", default=None, help="OOD sets to analyse (default: all evaluated)")
-    p.add_argument("--out", default=None, help="output directory (default <results>/analyses)")
-    return p
-
-
-def run_shift_cli(args: argparse.Namespace) -> int:
-    """Entry point for `jaxscale shift`."""
-
-    sets = [s.strip() for s in args.sets.split(",")] if args.sets else None
-    study = analyse(args.results, args.reference, sets)
-    out = Path(args.out) if args.out else Path(args.results) / "analyses"
-    store.write_json_atomic(out / "shift.json", study.to_dict())
-    study.table.to_csv(out / "shift.csv", index=False)
-    written = plot(study, out)
-    print(describe(study))
-    print(f"wrote shift.json, shift.csv and {len(written)} plots to {out}")
-    return 0
+    return plotting.save_figure(fig, out / "shift")

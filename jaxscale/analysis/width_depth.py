@@ -11,14 +11,15 @@ This module measures that on your own data with intervals:
 2. :func:`fit_penalty` fits L(N_i, r) = L*_i (1 + k (ln r - ln r*_i)^2) jointly over levels with
    jaxscale.fit (NUTS by default): r*(N), the penalty 4x / 10x off the optimum, and the drift
    slope d ln r* / d ln N, all as posterior intervals.
-3. :func:`plot_shape` draws the Kaplan-style figure; :func:`save_analysis` writes table + JSON.
+3. The resulting :class:`ShapeFit` draws the Kaplan-style figure (``plot``) and writes tables,
+   JSON and a text report (``save``).
 
-CLI: ``jaxscale shape RESULTS_DIR`` (analysis) or ``jaxscale shape --plan 1e5,1e6`` (grid).
+Planted shape studies live in jaxscale.analysis.synthetic. CLI: ``jaxscale shape RESULTS_DIR``
+(analysis) or ``jaxscale shape --plan 1e5,1e6`` (grid).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -35,10 +36,11 @@ import numpy as np
 import pandas as pd
 
 from jaxscale.analysis import fit as F
+from jaxscale.analysis import plotting
 from jaxscale.config import ConfigError, ModelConfig, RunConfig
 from jaxscale.core import flops
-from jaxscale.runs import results, store
-from jaxscale.runs.sweep import steps_for_tokens, with_steps
+from jaxscale.runs import results
+from jaxscale.runs.grids import steps_for_tokens, with_steps
 
 HEAD_RULES = ("fixed_head_dim", "fixed_heads")
 BUDGETS = ("tokens", "compute")
@@ -88,6 +90,12 @@ class Shape:
 def level_tag(n_target: float) -> str:
     """Tag embedded in run names so the analysis groups shapes by their target N exactly."""
     return f"N{float(n_target):.3e}"
+
+
+def tagged_level(name: str) -> float | None:
+    """The target N tagged in a run name by level_tag, or None."""
+    m = _LEVEL_RE.search(name)
+    return float(m.group(1)) if m else None
 
 
 def _model(
@@ -385,9 +393,9 @@ def shape_table(source: Any, *, drop_diverged: bool = True) -> Any:
         }
     )
     df["aspect_ratio"] = df["d_model"] / df["n_layers"]
-    tags = df["name"].map(lambda s: _LEVEL_RE.search(s))
-    if tags.map(bool).all():
-        df["level"] = tags.map(lambda m: float(m.group(1)))
+    tags = df["name"].map(tagged_level)
+    if tags.notna().all():
+        df["level"] = tags.astype(float)
     else:
         df["level"] = _cluster_levels(df["N"].to_numpy())
     return df.sort_values(["level", "aspect_ratio"]).reset_index(drop=True)
@@ -474,7 +482,7 @@ def default_priors(df: Any) -> dict[str, Any]:
     return pri
 
 
-@dataclass
+@dataclass(frozen=True)
 class ShapeFit:
     """A fitted penalty model with derived quantities as posterior draws."""
 
@@ -521,7 +529,7 @@ class ShapeFit:
         kw, kd = self.k("wide")[:, None, None], self.k("deep")[:, None, None]
         return 1.0 + kw * np.maximum(d, 0) ** 2 + kd * np.minimum(d, 0) ** 2
 
-    def table(self) -> Any:
+    def table(self) -> pd.DataFrame:
         """Per-level table: N, shapes, aspect range, r* and L* with 90% intervals, penalties."""
 
         rs, ls = self.r_star(), self.l_star()
@@ -638,6 +646,32 @@ class ShapeFit:
             text += " WARNING: the fit failed its diagnostics; " + "; ".join(self.result.problems)
         return textwrap.fill(text, 100)
 
+    def describe(self) -> str:
+        """Per-level table, penalties and drift with 90% intervals, then the Kaplan comparison."""
+        return f"{_text_table(self)}\n\n{self.sentence()}"
+
+    def plot(self, out_dir: str | Path) -> list[Path]:
+        """Kaplan 2020 Fig. 5 style: relative loss vs aspect ratio per N (left), r*(N) (right)."""
+        return _plot(self, Path(out_dir))
+
+    def save(self, out_dir: str | Path, *, plots: bool = True) -> list[Path]:
+        """Write shape_table.csv, shape_data.csv, shape_summary.json, shape_report.txt, plot."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [
+            out / "shape_table.csv",
+            out / "shape_data.csv",
+            out / "shape_summary.json",
+            out / "shape_report.txt",
+        ]
+        self.table().to_csv(paths[0], index=False)
+        self.data.to_csv(paths[1], index=False)
+        paths[2].write_text(json.dumps(self.summary(), indent=2, default=float))
+        paths[3].write_text(self.describe() + "\n")
+        if plots:
+            paths += self.plot(out)
+        return paths
+
 
 def optimal_shape(n: float, r: float, c: float = 12.0) -> tuple[float, float]:
     """(n_layers, d_model) with d/L = r and c L d^2 = N (Kaplan 2020 eq. 2.1, c = 12)."""
@@ -704,99 +738,14 @@ def fit_penalty(
 
 
 # --------------------------------------------------------------------------------------------
-# Synthetic studies (design checks, tests, the notebook)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PenaltyTruth:
-    """A planted shape law: L = (E + A N^-alpha)(1 + k (ln r - ln r*(N))^2), r* = r0 (N/N0)^s."""
-
-    r0: float = 20.0
-    n0: float = 1e5
-    drift: float = 0.0
-    k: float = 0.02
-    k_deep: float | None = None
-    E: float = 1.5
-    A: float = 30.0
-    alpha: float = 0.3
-
-    def r_star(self, n: Any) -> Any:
-        return self.r0 * (np.asarray(n, float) / self.n0) ** self.drift
-
-    def loss(self, n: Any, r: Any) -> Any:
-        d = np.log(np.asarray(r, float)) - np.log(self.r_star(n))
-        kd = self.k if self.k_deep is None else self.k_deep
-        pen = self.k * np.maximum(d, 0) ** 2 + kd * np.minimum(d, 0) ** 2
-        return (self.E + self.A * np.asarray(n, float) ** -self.alpha) * (1 + pen)
-
-
-def write_synthetic_results(
-    runs: Sequence[RunConfig],
-    out_dir: str | Path,
-    truth: PenaltyTruth = PenaltyTruth(),
-    *,
-    noise: float = 0.005,
-    seed: int = 0,
-) -> Path:
-    """Write runs as if trained, in the run-store format, with losses from `truth` times
-    lognormal noise (sd `noise`): to check a design's power before paying for it."""
-
-    out = Path(out_dir)
-    rng = np.random.default_rng(seed)
-    for cfg in runs:
-        mc = cfg.model
-        rid = cfg.run_id()
-        m = _LEVEL_RE.search(cfg.name)
-        n = float(m.group(1)) if m else mc.n_params_nonembedding
-        loss = float(truth.loss(n, mc.aspect_ratio) * math.exp(noise * rng.standard_normal()))
-        d = out / rid
-        store.write_json_atomic(d / "config.json", {**cfg.to_dict(), "run_id": rid})
-        steps = cfg.train.steps
-        # only the final evaluation: no learning curve is invented
-        rows = [
-            {
-                "step": steps,
-                "tokens": cfg.total_tokens,
-                "loss": loss,
-                "eval_loss": loss,
-                "lr": cfg.train.lr,
-            }
-        ]
-        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        store.write_json_atomic(
-            d / "summary.json",
-            {
-                "status": "done",
-                "loss": loss,
-                "train_loss": loss,
-                "steps": steps,
-                "tokens": cfg.total_tokens,
-                "run_id": rid,
-                "name": cfg.name,
-                "synthetic": True,
-            },
-        )
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 # Outputs
 # --------------------------------------------------------------------------------------------
 
 
-def plot_shape(sf: ShapeFit, out_dir: str | Path, *, stem: str = "shape") -> dict[str, Path]:
-    """Kaplan 2020 Fig. 5 style: loss relative to the best shape vs aspect ratio, one curve per N
-    with 90% bands (left); r*(N) with 90% intervals and the drift fit (right). PNG + SVG."""
-    import matplotlib
+def _plot(sf: ShapeFit, out: Path) -> list[Path]:
+    plt = plotting.pyplot()
+    import matplotlib.ticker  # lazy, like pyplot
 
-    if matplotlib.get_backend().lower() not in ("agg", "svg", "pdf"):
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     d = sf.data
     r = np.geomspace(d["aspect_ratio"].min() / 1.5, d["aspect_ratio"].max() * 1.5, 120)
     curve = sf.relative_curve(r)
@@ -807,9 +756,9 @@ def plot_shape(sf: ShapeFit, out_dir: str | Path, *, stem: str = "shape") -> dic
         col = plt.cm.viridis(i / max(1, len(sf.levels) - 1) * 0.85)
         g = d[d["level"] == n]
         rel = 100 * (g["loss"] / np.median(ls[:, i]) - 1)
-        q = 100 * (np.quantile(curve[:, i], [0.05, 0.5, 0.95], axis=0) - 1)
-        a0.plot(r, q[1], color=col, lw=1.5, label=f"N = {n:.3g}")
-        a0.fill_between(r, q[0], q[2], color=col, alpha=0.18, lw=0)
+        plotting.quantile_band(
+            a0, r, 100 * (curve[:, i] - 1), color=col, label=f"N = {n:.3g}", alpha=0.18, lw=1.5
+        )
         a0.scatter(g["aspect_ratio"], rel, color=col, s=22, zorder=3, edgecolor="k", lw=0.4)
         a0.axvline(np.median(rs[:, i]), color=col, ls=":", lw=1)
     a0.axhline(0, color="0.5", lw=0.6)
@@ -826,31 +775,22 @@ def plot_shape(sf: ShapeFit, out_dir: str | Path, *, stem: str = "shape") -> dic
         x0 = np.log(sf.n_level).mean()
         lr_mean = np.log(rs).mean(1)
         lines = np.exp(lr_mean[:, None] + dr[:, None] * (np.log(ng)[None] - x0))
-        lq = np.quantile(lines, [0.05, 0.5, 0.95], axis=0)
-        a1.plot(ng, lq[1], color="C3", lw=1)
-        a1.fill_between(ng, lq[0], lq[2], color="C3", alpha=0.15, lw=0)
+        plotting.quantile_band(a1, ng, lines, color="C3", lw=1)
         sq = np.quantile(dr, [0.05, 0.5, 0.95])
         a1.set_title(f"r*(N): slope {sq[1]:.2f} [{sq[0]:.2f}, {sq[2]:.2f}] (90%)", fontsize=9)
     else:
         a1.set_title("r* (90% interval)", fontsize=9)
-    a1.set_xscale("log")
-    a1.set_yscale("log")
+    plotting.log_axes(a1)
     fmt = matplotlib.ticker.FormatStrFormatter("%.3g")
     a1.yaxis.set_major_formatter(fmt)
     a1.yaxis.set_minor_formatter(fmt)
     a1.set_xlabel("non-embedding N")
     a1.set_ylabel("optimal aspect ratio r*")
     fig.tight_layout()
-    paths = {}
-    for ext in ("png", "svg"):
-        p = out / f"{stem}.{ext}"
-        fig.savefig(p, dpi=120, bbox_inches="tight")
-        paths[ext] = p
-    plt.close(fig)
-    return paths
+    return plotting.save_figure(fig, out / "shape")
 
 
-def format_table(sf: ShapeFit) -> str:
+def _text_table(sf: ShapeFit) -> str:
     """Plain-text per-level table plus penalties and drift, with 90% intervals."""
     lines = [
         f"{'N':>10} {'shapes':>6} {'r range':>15} {'r* [90%]':>26} {'L* [90%]':>24} "
@@ -878,131 +818,3 @@ def format_table(sf: ShapeFit) -> str:
             f"[{q['q5']:.3f}, {q['q95']:.3f}]"
         )
     return "\n".join(lines)
-
-
-def save_analysis(sf: ShapeFit, out_dir: str | Path, *, plots: bool = True) -> dict[str, Path]:
-    """Write shape_table.csv, shape_summary.json, shape_report.txt and the plot to out_dir."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "table": out / "shape_table.csv",
-        "json": out / "shape_summary.json",
-        "report": out / "shape_report.txt",
-        "data": out / "shape_data.csv",
-    }
-    sf.table().to_csv(paths["table"], index=False)
-    sf.data.to_csv(paths["data"], index=False)
-    paths["json"].write_text(json.dumps(sf.summary(), indent=2, default=float))
-    paths["report"].write_text(format_table(sf) + "\n\n" + sf.sentence() + "\n")
-    if plots:
-        paths.update(plot_shape(sf, out))
-    return paths
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-
-
-def _floats(s: str) -> list[float]:
-    try:
-        return [float(v) for v in s.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
-
-
-def add_shape_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """`jaxscale shape RESULTS_DIR` (penalty fit) or `jaxscale shape --plan N1,N2` (grid)."""
-    p = subparsers.add_parser(
-        "shape",
-        help="width-vs-depth study: fit the aspect-ratio penalty, or plan a shape grid",
-        description="Fit L = L*(N)(1 + k (ln r - ln r*(N))^2) to a shape study's runs (Kaplan "
-        "2020 Fig. 5) and report r*(N), the penalty 4x/10x off the optimum and the drift of r* "
-        "with N, with 90%% intervals; or, with --plan, print a shape grid at fixed N.",
-    )
-    p.add_argument("results", nargs="?", help="results directory of a shape study")
-    p.add_argument("--out", help="output directory (default RESULTS/_shape)")
-    p.add_argument("--method", choices=("nuts", "laplace", "map"), default="nuts")
-    p.add_argument("--chains", type=int, default=4)
-    p.add_argument("--warmup", type=int, default=1000)
-    p.add_argument("--draws", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--asymmetric", action="store_true", help="separate curvature on each side")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--plan", type=_floats, metavar="N1,N2,...", help="print the grid at these N")
-    p.add_argument("--head-dim", type=int, default=64, help="--plan: fixed head dimension")
-    p.add_argument("--n-shapes", type=int, default=7, help="--plan: shapes per level")
-    p.add_argument("--max-rel-dev", type=float, default=0.05, help="--plan: N tolerance")
-    return p
-
-
-def run_shape_cli(args: argparse.Namespace) -> int:
-    """Entry point for `jaxscale shape`; 1 if the fit failed its diagnostics."""
-
-    if args.plan:
-        shapes = shape_grid(
-            ModelConfig(),
-            args.plan,
-            head_dim=args.head_dim,
-            n_shapes=args.n_shapes,
-            max_rel_dev=args.max_rel_dev,
-        )
-        with pd.option_context("display.width", 120, "display.float_format", "{:.4g}".format):
-            print(grid_table(shapes).to_string(index=False))
-        return 0
-    if not args.results:
-        raise ValueError("give a results directory (jaxscale shape RESULTS) or --plan N1,N2")
-    if not Path(args.results).is_dir():
-        raise FileNotFoundError(f"results directory {args.results!r} does not exist")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        sf = fit_penalty(
-            args.results,
-            asymmetric=args.asymmetric,
-            method=args.method,
-            chains=args.chains,
-            warmup=args.warmup,
-            draws=args.draws,
-            seed=args.seed,
-            quiet=True,
-        )
-    res = sf.result
-    print(
-        f"shape penalty fit [{res.method}] on {res.loss.size} runs at {len(sf.levels)} N level(s) "
-        f"in {res.seconds:.1f} s"
-    )
-    print(format_table(sf))
-    print()
-    print(sf.sentence())
-    out = Path(args.out) if args.out else Path(args.results) / "_shape"
-    paths = save_analysis(sf, out, plots=not args.no_plots)
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    if not sf.ok:
-        print("DIAGNOSTICS FAILED: " + "; ".join(res.problems))
-        return 1
-    return 0
-
-
-__all__ = [
-    "Shape",
-    "PenaltyTruth",
-    "ShapeFit",
-    "candidate_widths",
-    "feasible_shapes",
-    "shapes_at",
-    "shape_grid",
-    "grid_table",
-    "shape_runs",
-    "shape_table",
-    "penalty_form",
-    "default_priors",
-    "fit_penalty",
-    "optimal_shape",
-    "write_synthetic_results",
-    "plot_shape",
-    "format_table",
-    "save_analysis",
-    "add_shape_parser",
-    "run_shape_cli",
-    "level_tag",
-]

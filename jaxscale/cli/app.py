@@ -1,4 +1,4 @@
-"""The `jaxscale` command line: train, flops, sweep, frontier, fit, critical-batch, shape, report."""
+"""The `jaxscale` command line: train and study here; every other command is in COMMANDS."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import sys
 import textwrap
 from collections.abc import Sequence
+from types import ModuleType
 
 from jaxscale.cli import report
 from jaxscale.config import (
@@ -23,47 +24,9 @@ from jaxscale.config import (
     parse_overrides,
 )
 from jaxscale.core import cache, train
-from jaxscale.runs import sweep
-
-FIELD_HELP = {
-    "model.d_model": "width: residual-stream size",
-    "model.n_layers": "depth: number of transformer blocks",
-    "model.n_heads": "attention heads (d_model must divide evenly)",
-    "model.d_ff": "MLP hidden size",
-    "model.vocab_size": "tokenizer vocabulary (257 for bytes + end-of-document)",
-    "model.context_length": "tokens per training sequence",
-    "model.activation": "gelu | swiglu",
-    "model.norm": "rmsnorm | layernorm",
-    "model.position": "rope | learned | none",
-    "model.tie_embeddings": "share input embedding and output head",
-    "model.param_dtype": "float32 | bfloat16 storage",
-    "model.compute_dtype": "float32 | bfloat16 matmuls (bfloat16 pays on TPU/GPU)",
-    "model.scan_layers": "lax.scan over depth (fast compile) instead of unrolling",
-    "model.remat": "none | full | dots: rematerialise blocks to save memory",
-    "model.vocab_multiple": "pad embedding rows to a multiple of this (tensor sharding)",
-    "data.corpus": "stdlib (built in) | text file/dir/glob | tokens:PATH | hf:NAME[:SPLIT[:FIELD]]",
-    "data.tokenizer": "byte | bpe:PATH.json | bpe:VOCAB_SIZE (trained locally)",
-    "data.val_fraction": "fraction of documents held out for evaluation",
-    "data.max_bytes": "cap on corpus bytes read (null for all)",
-    "data.token_dtype": "uint16 | uint32 for tokens: files",
-    "train.batch_size": "global sequences per optimizer step",
-    "train.steps": "optimizer steps",
-    "train.grad_accum": "microbatches per step (>=2 enables the gradient noise scale)",
-    "train.lr": "peak learning rate (AdamW)",
-    "train.schedule": "cosine | constant | wsd (warmup-stable-decay)",
-    "train.warmup_steps": "linear warmup steps",
-    "train.min_lr_ratio": "final LR / peak LR",
-    "train.weight_decay": "decoupled weight decay on matrices",
-    "train.grad_clip": "global-norm clip (0 disables)",
-    "train.eval_every": "steps between validation evaluations",
-    "train.eval_batches": "validation batches per evaluation",
-    "train.checkpoint_every": "steps between orbax checkpoints",
-    "train.keep_checkpoints": "checkpoints kept on disk",
-    "train.seed": "init and data-order seed",
-    "train.gns": "log the gradient noise scale B_simple (McCandlish et al. 2018)",
-    "mesh.spec": "device mesh, e.g. data=-1,fsdp=1,tensor=1",
-    "mesh.distributed": "call jax.distributed.initialize (multi-host)",
-}
+from jaxscale.runs.rundir import RunDir
+from jaxscale.runs.runner import run_sweep
+from jaxscale.runs.study import load_study
 
 
 def _config_help() -> str:
@@ -77,14 +40,18 @@ def _config_help() -> str:
         for f in dataclasses.fields(cls):
             key = f"{sec}.{f.name}"
             default = f.default if f.default is not dataclasses.MISSING else "-"
-            desc = FIELD_HELP.get(key, "")
+            desc = f.metadata["help"]
             lines.append(f"  --{key}={default!s:<24} {desc}")
     return "\n".join(lines)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML/JSON run config (loaded safely)")
-    p.add_argument("--width", type=int, help="d_model; derives heads and d_ff by the stated rules")
+    p.add_argument(
+        "--width",
+        type=int,
+        help="d_model; heads and d_ff follow the base model (ModelConfig.resized)",
+    )
     p.add_argument("--depth", type=int, help="n_layers (with --width)")
     p.add_argument(
         "--set",
@@ -108,16 +75,10 @@ def config_from_args(args: argparse.Namespace, extra: Sequence[str]) -> RunConfi
     if args.width or args.depth:
         if not (args.width and args.depth):
             raise ConfigError("--width and --depth go together")
-        keep = {
-            f.name: getattr(cfg.model, f.name)
-            for f in dataclasses.fields(ModelConfig)
-            if f.name not in ("d_model", "n_layers", "n_heads", "d_ff")
-        }
-        model = ModelConfig.from_width_depth(args.width, args.depth, **keep)
+        model = cfg.model.resized(args.width, args.depth)
         cfg = dataclasses.replace(cfg, model=model)
     # Explicit overrides win over sizes derived from --width/--depth.
     return apply_overrides(cfg, parse_overrides(overrides)) if overrides else cfg
-    return cfg
 
 
 def _cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -129,20 +90,20 @@ def _cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
         f"(total {cfg.model.n_params:,})  d_model={cfg.model.d_model} n_layers="
         f"{cfg.model.n_layers}  {cfg.train.steps} steps x {cfg.tokens_per_step:,} tokens -> {run_dir}"
     )
-    s = train.train(cfg, run_dir, progress=not args.no_progress)
+    s = train.train(cfg, RunDir(run_dir), progress=not args.no_progress)
     print(summary_paragraph(s, run_dir))
     return 0 if s["status"] in ("done", "preempted") else 3
 
 
 def _cmd_study(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
-    study = sweep.load_study(args.study)
+    study = load_study(args.study)
     runs = study.runs(args.setting)
     conv = args.convention or study.convention
     results = args.results or str(study.default_results(args.setting))
     print(f"jaxscale study {study.name} [{args.setting}]: {len(runs)} runs -> {results}")
     # A failed run (an exception, not divergence) is retried: rerunning a study is the fix.
-    rep = sweep.run_sweep(
+    rep = run_sweep(
         runs, results, progress=not args.no_progress, convention=conv, retry_failed=True
     )
     print(
@@ -166,11 +127,14 @@ def _cmd_study(args: argparse.Namespace, extra: Sequence[str]) -> int:
 def summary_paragraph(s: dict, run_dir: str) -> str:
     """One readable paragraph about a finished run."""
     f = s.get("flops", {}).get("kaplan_attn", float("nan"))
+    # the peak is published or measured (flops.device_peak_flops); claim neither unless recorded
+    src = s.get("peak_flops_source")
+    peak = f"the device peak ({src})" if src else "the device peak"
     text = (
         f"Run {s['name']} [{s['run_id']}] {s['status']} after {s['steps']} steps "
         f"({s['tokens']:,} tokens, {f:.3g} FLOPs by 6N+attention). Final validation loss "
         f"{s['loss']:.4f} nats/token (train {s['train_loss']:.4f}); {s['tokens_per_s']:,.0f} tokens/s, "
-        f"MFU {100 * s['mfu']:.1f}% of the measured peak; wall {s['wall_time_s']:.1f} s. "
+        f"MFU {100 * s['mfu']:.1f}% of {peak}; wall {s['wall_time_s']:.1f} s. "
         f"Metrics, summary and checkpoints are in {run_dir}."
     )
     if s["status"] == "preempted":
@@ -180,19 +144,21 @@ def summary_paragraph(s: dict, run_dir: str) -> str:
     return textwrap.fill(text, 100)
 
 
-# Subcommands contributed by library modules: (module, add_parser fn, run fn).
-_PLUGINS = (
-    ("jaxscale.cli.flops", "add_flops_parser", "run_flops_cli"),
-    ("jaxscale.runs.sweep", "add_sweep_parser", "run_sweep_cli"),
-    ("jaxscale.analysis.frontier", "add_frontier_parser", "run_frontier_cli"),
-    ("jaxscale.analysis.fit", "add_fit_parser", "run_fit_cli"),
-    ("jaxscale.analysis.critical_batch", "add_batch_parser", "run_batch_cli"),
-    ("jaxscale.analysis.width_depth", "add_shape_parser", "run_shape_cli"),
-    ("jaxscale.cli.report", "add_report_parser", "run_report_cli"),
-    ("jaxscale.core.evaluate", "add_eval_parser", "run_eval_cli"),
-    ("jaxscale.analysis.shift", "add_shift_parser", "run_shift_cli"),
-    ("jaxscale.analysis.lr_sensitivity", "add_lr_parser", "run_lr_cli"),
-    ("jaxscale.analysis.sample_efficiency", "add_efficiency_parser", "run_efficiency_cli"),
+# Every command besides train and study: a module exposing add_parser(subparsers) -> its
+# argparse parser, and run(args) -> exit code. Imported when the parser is built, so a command
+# module that cannot load fails the whole CLI instead of silently vanishing from it.
+COMMANDS = (
+    "jaxscale.cli.flops",
+    "jaxscale.cli.sweep",
+    "jaxscale.cli.frontier",
+    "jaxscale.cli.fit",
+    "jaxscale.cli.critical_batch",
+    "jaxscale.cli.width_depth",
+    "jaxscale.cli.report",
+    "jaxscale.cli.eval",
+    "jaxscale.cli.shift",
+    "jaxscale.cli.lr",
+    "jaxscale.cli.efficiency",
 )
 
 
@@ -228,17 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-report", action="store_true", help="only run the sweep")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
     q.set_defaults(func=_cmd_study)
-    for mod, add, run in _PLUGINS:
-        m = importlib.import_module(mod)  # a command that cannot load is an error, not a gap
-        before = set(sub.choices)
-        getattr(m, add)(sub)
-        for name in set(sub.choices) - before:
-            sub.choices[name].set_defaults(func=_plugin(getattr(m, run)))
+    for name in COMMANDS:
+        _add_command(sub, importlib.import_module(name))
     return parser
 
 
-def _plugin(fn):
-    return lambda args, extra: fn(args)
+def _add_command(sub: argparse._SubParsersAction, module: ModuleType) -> None:
+    p = module.add_parser(sub)
+    p.set_defaults(func=lambda args, extra: module.run(args))
 
 
 def _cache_chosen() -> bool:
@@ -269,5 +232,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jaxscale: interrupted", file=sys.stderr)
         return 130
-
-

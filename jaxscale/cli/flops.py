@@ -11,7 +11,7 @@ from jaxscale.config import RunConfig, load_config
 from jaxscale.core import flops, train
 
 
-def add_flops_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `jaxscale flops` on an argparse subparsers object."""
     p = subparsers.add_parser(
         "flops",
@@ -40,7 +40,6 @@ def add_flops_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=f"flops.itemised convention: {', '.join(flops.CONVENTIONS)}",
     )
     p.add_argument("--xla", action="store_true", help="compile the real train step and compare")
-    p.set_defaults(func=run_flops_cli)
     return p
 
 
@@ -89,7 +88,7 @@ def format_report(
     return "\n".join(out)
 
 
-def run_flops_cli(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Entry point for `jaxscale flops`; returns the process exit code."""
     if args.convention not in flops.CONVENTIONS:
         raise flops.convention_error(args.convention)

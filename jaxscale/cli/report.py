@@ -69,7 +69,7 @@ def runs_section(runs_df: Any) -> Section:
 def frontier_section(dfs: tuple, out: Path, convention: str) -> Section:
 
     fr = frontier.analyse(dfs, convention)
-    paths = frontier.save(fr, out / "frontier")
+    paths = fr.save(out / "frontier")
     pngs = [p for p in paths if p.suffix == ".png"]
     ex = fr.exponents()
     lines = []
@@ -97,7 +97,7 @@ def fit_section(
     res = fit.fit(df, "chinchilla", chains=chains, warmup=warmup, draws=draws, seed=seed)
     c_max = float(df["C"].max()) if "C" in df else float((6 * df["N"] * df["D"]).max())
     targets = [10 * c_max, 100 * c_max]
-    paths = fit.save_result(res, out / "fit", target_compute=targets[0])
+    paths = res.save(out / "fit", target_compute=targets[0])
     rows, lines = [], []
     for c in targets:
         s = fit.optimal_summary(res, c)
@@ -112,7 +112,7 @@ def fit_section(
         f"Chinchilla fit: N_opt ∝ C^a with a = {_q(a)} (median [90% interval]); "
         f"diagnostics {'OK' if res.ok else 'FAILED: ' + '; '.join(res.problems)}"
     )
-    summ = res.summary()
+    summ = res.table()
     body = (
         f"<p>L(N, D) = E + A/N^α + B/D^β (Hoffmann 2022) fitted by NUTS ({chains} chains × "
         f"{draws} draws, Student-t noise on log loss) to {res.loss.size} runs in "
@@ -124,7 +124,7 @@ def fit_section(
         "<th>predicted loss at the optimum</th></tr>" + "".join(rows) + "</table>"
         "<p>Medians with 90% credible intervals. Extrapolations this far beyond the data are "
         "only as good as the functional form; read the band, not the point.</p>"
-        + "".join(_img(p) for p in paths.values() if Path(p).suffix == ".png")
+        + "".join(_img(p) for p in paths if p.suffix == ".png")
     )
     return Section("Scaling-law fit", body, lines)
 
@@ -200,7 +200,8 @@ def build_report(
     return path, headlines
 
 
-def add_report_parser(subparsers: Any) -> None:
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `jaxscale report RESULTS`."""
     p = subparsers.add_parser(
         "report",
         help="write a self-contained HTML report of a results directory",
@@ -212,10 +213,12 @@ def add_report_parser(subparsers: Any) -> None:
     p.add_argument("--convention", default="kaplan_attn", help="FLOP convention for C")
     p.add_argument("--fit-draws", type=int, default=1000, help="NUTS draws per chain")
     p.add_argument("--fit-warmup", type=int, default=1000, help="NUTS warmup per chain")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the fit")
+    return p
 
 
-def run_report_cli(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Run `jaxscale report`."""
     path, lines = build_report(
         args.results,
         args.out,

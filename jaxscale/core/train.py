@@ -1,19 +1,21 @@
-"""Training: sharded state init, jitted AdamW step with donation, eval, metrics, checkpoints."""
+"""Training: sharded state init, jitted AdamW step with donation, and one loop for K >= 1 models.
+
+K = 1 is an ordinary (possibly multi-host) run; K > 1 same-shape runs that differ only in seed
+and peak LR share one `vmap`ped step on one process. Every run's directory is written alike.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
-import os
 import signal
-import socket
 import threading
 import time
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -24,13 +26,12 @@ from tqdm.auto import tqdm
 
 from jaxscale.config import ConfigError, RunConfig, TrainConfig
 from jaxscale.config.axes import BATCH, LENGTH
+from jaxscale.core import checkpoint
 from jaxscale.core import data as data_lib
 from jaxscale.core import flops as flops_lib
 from jaxscale.core import model as model_lib
 from jaxscale.core import sharding as shd
-from jaxscale.core.cache import enable_compilation_cache  # noqa: F401 - public re-export
 from jaxscale.core.noise import NoiseScaleEMA
-from jaxscale.runs import store
 
 State = dict[str, Any]
 
@@ -83,7 +84,7 @@ class Setup:
     eval_fn: Callable[[dict, jax.Array], dict]
 
 
-def _loss_terms(graphdef, abstract, params: dict, tokens_BxL1: jax.Array) -> jax.Array:
+def loss_terms(graphdef, abstract, params: dict, tokens_BxL1: jax.Array) -> jax.Array:
     """Per-token cross-entropy [B, L] of next-token prediction."""
     logits_BxLxV = model_lib.apply(graphdef, abstract, params, tokens_BxL1[:, :-1])
     return optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, tokens_BxL1[:, 1:])
@@ -100,7 +101,7 @@ def build_step(cfg: RunConfig, graphdef, abstract, tx: optax.GradientTransformat
     gns = cfg.train.gns
 
     def loss_fn(params, tokens):
-        return jnp.mean(_loss_terms(graphdef, abstract, params, tokens))
+        return jnp.mean(loss_terms(graphdef, abstract, params, tokens))
 
     grad_fn = jax.value_and_grad(loss_fn)
 
@@ -140,7 +141,7 @@ def build_eval(cfg: RunConfig, graphdef, abstract):
     """Eval fn: mean loss and per-position mean loss over a batch [B, L+1]."""
 
     def eval_fn(params: dict, tokens_BxL1: jax.Array) -> dict:
-        loss_BxL = _loss_terms(graphdef, abstract, params, tokens_BxL1)
+        loss_BxL = loss_terms(graphdef, abstract, params, tokens_BxL1)
         return {"loss": jnp.mean(loss_BxL), "loss_by_pos": jnp.mean(loss_BxL, axis=0)}
 
     return eval_fn
@@ -238,12 +239,180 @@ def xla_train_step_flops(run: RunConfig) -> float:
     return flops_lib.xla_flops(lower_step(counting_config(run)).compile())
 
 
-def _device_batch(s: Setup, local_BxL1: np.ndarray) -> jax.Array:
-    """Global [A, B/A, L+1] array from this process's rows of the global batch."""
-    A = s.cfg.train.grad_accum
-    local = local_BxL1.reshape(A, local_BxL1.shape[0] // A, local_BxL1.shape[1])
-    shape = (A, s.cfg.train.batch_size // A, local_BxL1.shape[1])
-    return jax.make_array_from_process_local_data(s.batch_sharding, local, shape)
+# --- run directories --------------------------------------------------------------------------
+
+
+class RunFiles(Protocol):
+    """What the loop reads and writes in one run's directory (jaxscale.runs.rundir.RunDir)."""
+
+    @property
+    def path(self) -> Any: ...
+
+    @property
+    def checkpoint_dir(self) -> Path: ...
+
+    @property
+    def quarantine_dir(self) -> Path: ...
+
+    def check_writable(self) -> None: ...
+
+    def write_config(self, cfg: RunConfig) -> None: ...
+
+    def read_metrics(self) -> list[dict]: ...
+
+    def truncate_metrics(self, step: int) -> None: ...
+
+    def append_metrics(self, rows: Sequence[dict]) -> None: ...
+
+    def write_summary(self, summary: dict) -> None: ...
+
+
+# --- K same-shape models ----------------------------------------------------------------------
+
+# TrainConfig fields that may differ inside a group: they only change values, not shapes.
+VARYING = ("seed", "lr")
+
+
+def _shape_key(cfg: RunConfig) -> tuple:
+    tc = dataclasses.replace(cfg.train, **{f: getattr(RunConfig().train, f) for f in VARYING})
+    return (cfg.model, cfg.data, tc, cfg.mesh)
+
+
+def compatible(a: RunConfig, b: RunConfig) -> bool:
+    """True when a and b can share one vmapped step: identical except train.seed (init and
+    data order) and train.lr (the peak LR lives in the state)."""
+    return _shape_key(a) == _shape_key(b)
+
+
+def _stacked(sh: jax.sharding.NamedSharding) -> jax.sharding.NamedSharding:
+    """The same sharding with a new leading, unsharded model axis."""
+    return jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec(None, *sh.spec))
+
+
+def _select(mask_K: jax.Array, new: Any, old: Any) -> Any:
+    def one(n, o):
+        return jnp.where(mask_K.reshape(mask_K.shape + (1,) * (n.ndim - 1)), n, o)
+
+    return jax.tree.map(one, new, old)
+
+
+@dataclass(frozen=True)
+class GroupSetup:
+    """Compiled pieces for K models shaped like base.cfg (seed and peak LR live in the state).
+
+    K = 1 runs `setup`'s own unstacked functions (no vmap, no mask), so a single run compiles and
+    costs exactly its one-model step; K > 1 stacks every state leaf on a leading model axis.
+    """
+
+    base: Setup
+    K: int
+    init_fn: Callable[[jax.Array, jax.Array], State]  # (seeds[K], lrs[K]) -> state
+    step_fn: Callable[[State, jax.Array, jax.Array], tuple[State, dict]]  # (.., active[K])
+    eval_fn: Callable[[dict, jax.Array], dict]  # (params, tokens[B, L+1]) -> metrics
+    state_shardings: Any
+    batch_sharding: jax.sharding.NamedSharding
+
+    def model_state(self, state: State, k: int) -> State:
+        """Model k's own (unstacked) state."""
+        return state if self.K == 1 else jax.tree.map(lambda x: x[k], state)
+
+    def stack(self, states: Sequence[State]) -> State:
+        """One state holding the K models' states."""
+        if self.K == 1:
+            return states[0]
+        return jax.device_put(
+            jax.tree.map(lambda *xs: jnp.stack(xs), *states), self.state_shardings
+        )
+
+    def per_model(self, metrics: dict) -> list[dict]:
+        """Host metrics of a step or eval, split into one dict per model."""
+        if self.K == 1:
+            return [metrics]
+        return [{n: v[k] for n, v in metrics.items()} for k in range(self.K)]
+
+    def device_batch(self, local_BxL1: Sequence[np.ndarray]) -> jax.Array:
+        """Global [K, A, B/A, L+1] batch ([A, B/A, L+1] when K = 1) from this process's rows of
+        each model's global batch."""
+        tc = self.base.cfg.train
+        A = tc.grad_accum
+        rows = local_BxL1[0] if self.K == 1 else np.stack(local_BxL1)
+        local = rows.reshape(*rows.shape[:-2], A, rows.shape[-2] // A, rows.shape[-1])
+        shape = (*local.shape[:-3], A, tc.batch_size // A, local.shape[-1])
+        return jax.make_array_from_process_local_data(self.batch_sharding, local, shape)
+
+
+def setup_group(cfg: RunConfig, K: int, mesh: jax.sharding.Mesh | None = None) -> GroupSetup:
+    """Init/step/eval for K models shaped like cfg: vmapped for K > 1, setup's own for K = 1."""
+    s = setup(cfg, mesh)
+    if K == 1:
+
+        def init_one(seeds: jax.Array, lrs: jax.Array) -> State:
+            return s.init_fn()  # cfg's own seed and lr: cfg is the group's only config
+
+        def step_one(state: State, batch: jax.Array, active: jax.Array) -> tuple[State, dict]:
+            return s.step_fn(state, batch)  # the loop stops stepping once its one model is done
+
+        return GroupSetup(
+            base=s,
+            K=1,
+            init_fn=init_one,
+            step_fn=step_one,
+            eval_fn=s.eval_fn,
+            state_shardings=s.state_shardings,
+            batch_sharding=s.batch_sharding,
+        )
+    mc = cfg.model
+    tx = make_optimizer(cfg.train)
+    step = jax.vmap(build_step(cfg, s.graphdef, s.abstract, tx))
+    eval_one = build_eval(cfg, s.graphdef, s.abstract)
+    state_sh = jax.tree.map(_stacked, s.state_shardings)
+    batch_sh = _stacked(s.batch_sharding)
+    replicated = jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec())
+
+    def init_k(seed, lr):
+        # jax.random.key(seed) is what nnx.Rngs builds from an int seed in setup.
+        _, st = model_lib.init_state(mc, jax.random.key(seed))
+        params = nnx.to_pure_dict(st)
+        return {
+            "params": params,
+            "opt": tx.init(params),
+            "step": jnp.zeros((), jnp.int32),
+            "lr": lr.astype(jnp.float32),
+        }
+
+    def group_step(state, batch, active_K):
+        new, metrics = step(state, batch)
+        # Finished or diverged models keep their state, so they cannot overflow or leak NaNs.
+        return _select(active_K, new, state), metrics
+
+    return GroupSetup(
+        base=s,
+        K=K,
+        init_fn=jax.jit(jax.vmap(init_k), out_shardings=state_sh),
+        step_fn=jax.jit(
+            group_step,
+            in_shardings=(state_sh, batch_sh, replicated),
+            out_shardings=(state_sh, replicated),
+            donate_argnums=0,
+        ),
+        eval_fn=jax.jit(
+            jax.vmap(eval_one, in_axes=(0, None)),
+            in_shardings=(state_sh["params"], s.eval_sharding),
+            out_shardings=replicated,
+        ),
+        state_shardings=state_sh,
+        batch_sharding=batch_sh,
+    )
+
+
+def init_group(g: GroupSetup, cfgs: Sequence[RunConfig]) -> State:
+    """Fresh state; model k equals setup(cfgs[k]).init_fn() (same seed, same lr)."""
+    seeds = jnp.asarray([c.train.seed for c in cfgs], jnp.int32)
+    lrs = jnp.asarray([c.train.lr for c in cfgs], jnp.float32)
+    return g.init_fn(seeds, lrs)
+
+
+# --- the training loop ------------------------------------------------------------------------
 
 
 class _Preemption:
@@ -266,50 +435,325 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._old)
 
 
-def _checkpoint_manager(run_dir: Path, tc: TrainConfig):
-    import orbax.checkpoint as ocp
+class _Run:
+    """Host-side bookkeeping of one model of the loop (rows, status, checkpoints)."""
 
-    opts = ocp.CheckpointManagerOptions(
-        max_to_keep=tc.keep_checkpoints, create=True, enable_async_checkpointing=True
-    )
-    # orbax needs an absolute path (relative ones fail inside its OCDBT layer).
-    return ocp.CheckpointManager((run_dir / "checkpoints").absolute(), options=opts)
+    def __init__(
+        self, k: int, cfg: RunConfig, files: RunFiles, start: int, mngr: Any, writer: bool
+    ) -> None:
+        self.k, self.cfg, self.files, self.start, self.mngr = k, cfg, files, start, mngr
+        self.writer = writer  # only process 0 writes run files; every process saves checkpoints
+        self.step = start
+        self.status = "running" if start < cfg.train.steps else "done"
+        self.last_loss = math.nan
+        self.last_eval = math.nan
+        self.rows: list[dict] = []
+        self.error: str | None = None
+        tc = cfg.train
+        micro = tc.batch_size // tc.grad_accum
+        self.gns = NoiseScaleEMA(micro, tc.batch_size, tc.gns_ema) if tc.gns else None
+
+    @property
+    def active(self) -> bool:
+        return self.status == "running"
+
+    def flush(self) -> None:
+        if self.writer:
+            self.files.append_metrics(self.rows)
+        self.rows.clear()
 
 
-def _restore_latest(
-    mngr, abstract_state: State, quarantine: Path | None = None
-) -> tuple[State | None, int]:
-    """Restore the newest readable checkpoint; unreadable ones are skipped with a warning and,
-    given a quarantine dir, moved there so a later save of the same step cannot collide."""
-    import orbax.checkpoint as ocp
-
-    for step in sorted(mngr.all_steps(), reverse=True):
-        try:
-            out = mngr.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+def _check_group(cfgs: Sequence[RunConfig], runs: Sequence[RunFiles]) -> None:
+    if not cfgs:
+        raise ConfigError("train_group: cfgs is empty; pass at least one RunConfig")
+    if len(cfgs) != len(runs):
+        raise ConfigError(
+            f"train_group: {len(cfgs)} configs but {len(runs)} run directories; "
+            "pass one directory per config"
+        )
+    resolved = [Path(r.path).resolve() for r in runs]
+    if len(set(resolved)) != len(resolved):
+        raise ConfigError("train_group: run directories must be distinct")
+    for i, c in enumerate(cfgs[1:], 1):
+        if not compatible(cfgs[0], c):
+            a, b = _shape_key(cfgs[0]), _shape_key(c)
+            what = [n for n, x, y in zip(("model", "data", "train", "mesh"), a, b) if x != y]
+            raise ConfigError(
+                f"train_group: config {i} ({c.name!r}) differs from config 0 ({cfgs[0].name!r}) "
+                f"in {', '.join(what)} beyond train.seed/train.lr; train it in its own group"
             )
-            return out["state"], step
-        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped
-            msg = f"checkpoint at step {step} is unreadable ({type(e).__name__}: {e})"
-            if quarantine is not None and jax.process_index() == 0:
-                quarantine.mkdir(parents=True, exist_ok=True)
-                dest = quarantine / f"{step}-{int(time.time())}"
-                (Path(mngr.directory) / str(step)).rename(dest)
-                msg += f"; moved to {dest}"
-                mngr.reload()
-            warnings.warn(msg + "; trying an older one", stacklevel=2)
-    return None, 0
 
 
-def _check_writable(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # Unique per process: hosts sharing a run directory must not delete each other's probe.
-        probe = run_dir / f".write_probe.{socket.gethostname()}.{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink(missing_ok=True)
-    except OSError as e:
-        raise ConfigError(f"run directory {str(run_dir)!r} is not writable: {e}") from None
+def train(
+    cfg: RunConfig,
+    run: RunFiles,
+    *,
+    progress: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+    corpus: data_lib.Corpus | None = None,
+) -> dict:
+    """Train one run into `run`, resuming from its latest checkpoint; returns the summary."""
+    return _train([cfg], [run], progress=progress, mesh=mesh, corpus=corpus, grouped=False)[0]
+
+
+def train_group(
+    cfgs: Sequence[RunConfig],
+    runs: Sequence[RunFiles],
+    *,
+    progress: bool = True,
+    corpus: data_lib.Corpus | None = None,
+) -> list[dict]:
+    """Train compatible runs together (one vmapped step), each resumable in its own directory;
+    returns their summaries in order. A diverged model is masked; the others carry on."""
+    return _train(list(cfgs), list(runs), progress=progress, mesh=None, corpus=corpus, grouped=True)
+
+
+def _train(
+    cfgs: list[RunConfig],
+    runs: list[RunFiles],
+    *,
+    progress: bool,
+    mesh: jax.sharding.Mesh | None,
+    corpus: data_lib.Corpus | None,
+    grouped: bool,
+) -> list[dict]:
+    _check_group(cfgs, runs)
+    for r in runs:
+        r.check_writable()
+    base = cfgs[0]
+    shd.maybe_initialize_distributed(base.mesh)
+    if len(cfgs) > 1 and jax.process_count() > 1:
+        raise ConfigError("train_group: runs on one process; use train.train for multi-host runs")
+    mc = base.model
+    corpus = corpus if corpus is not None else data_lib.load_corpus(base.data)
+    if corpus.vocab_size > mc.vocab_size:
+        raise ConfigError(
+            f"ModelConfig.vocab_size={mc.vocab_size} is smaller than the tokenizer's "
+            f"{corpus.vocab_size}; set model.vocab_size={corpus.vocab_size}"
+        )
+    data_lib.warn_if_repeated(corpus, base.total_tokens)
+    g = setup_group(base, len(cfgs), mesh)
+    is_main = jax.process_index() == 0
+    if is_main:
+        for c, r in zip(cfgs, runs):
+            r.write_config(c)
+    with jax.set_mesh(g.base.mesh):
+        return _loop(cfgs, runs, g, corpus, progress=progress and is_main, grouped=grouped)
+
+
+def _restore_or_init(
+    g: GroupSetup, cfgs: list[RunConfig], files: list[RunFiles], stack: contextlib.ExitStack
+) -> tuple[State, list[_Run]]:
+    """Each model's newest readable checkpoint, or a fresh init; metrics truncated to match."""
+    abstract = checkpoint.abstract_state(g.base)
+    writer = jax.process_index() == 0
+    fresh = None
+    runs, states = [], []
+    for k, (c, f) in enumerate(zip(cfgs, files)):
+        mngr = checkpoint.manager(f.checkpoint_dir, c.train)
+        # Waits for in-flight async saves even when training raises (e.g. disk full).
+        stack.callback(checkpoint.close, mngr)
+        st, start = checkpoint.restore_latest(mngr, abstract, f.quarantine_dir)
+        if st is None:
+            fresh = init_group(g, cfgs) if fresh is None else fresh
+            st, start = g.model_state(fresh, k), 0
+        elif np.float32(st["lr"]) != np.float32(c.train.lr):
+            raise ConfigError(
+                f"{str(f.path)!r}: checkpoint has lr={float(st['lr'])} but the config says "
+                f"{c.train.lr}; use a fresh run directory"
+            )
+        if writer:
+            f.truncate_metrics(start)
+        run = _Run(k, c, f, start, mngr, writer)
+        # A resumed run carries its latest logged losses, so a run resumed at its end reports them.
+        for row in f.read_metrics() if start else []:
+            run.last_loss = row.get("loss", run.last_loss)
+            run.last_eval = row.get("eval_loss", run.last_eval)
+        runs.append(run)
+        states.append(st)
+    return g.stack(states), runs
+
+
+def _loop(
+    cfgs: list[RunConfig],
+    files: list[RunFiles],
+    g: GroupSetup,
+    corpus: data_lib.Corpus,
+    *,
+    progress: bool,
+    grouped: bool,
+) -> list[dict]:
+    base = cfgs[0]
+    tc, mc, K = base.train, base.model, g.K
+    fpt = flops_lib.flops_per_token(mc, "kaplan_attn")
+    # MFU counts what the model needs, PaLM-style (full attention, no remat recompute).
+    fpt_mfu = flops_lib.flops_per_token(mc, "exact")
+    peak, _ = flops_lib.device_peak_flops(mc.compute_dtype)
+    n_dev = jax.device_count()
+    val = data_lib.eval_batches(
+        corpus.val, batch_size=tc.batch_size, seq_len=mc.context_length, n_batches=tc.eval_batches
+    )
+    # Every process holds the full eval set, so a callback places each shard (multi-host safe).
+    val_dev = [
+        jax.make_array_from_callback(v.shape, g.base.eval_sharding, lambda idx, v=v: v[idx])
+        for v in val
+    ]
+    per_model_tokens = base.tokens_per_step
+    pending: list[tuple[list[tuple[_Run, int]], dict]] = []
+    tps, n_live = math.nan, K
+
+    def record(r: _Run, step_no: int, m: dict) -> None:
+        row = {
+            "step": step_no,
+            "tokens": step_no * per_model_tokens,
+            "flops": step_no * per_model_tokens * fpt,
+            "loss": float(m["loss"]),
+            "lr": float(m["lr"]),
+            "grad_norm": float(m["grad_norm"]),
+            "tokens_per_s": tps,
+            # MFU is the hardware's: every live model's tokens share the devices.
+            "mfu": tps * n_live * fpt_mfu / (peak * n_dev) if peak else math.nan,
+            "time": time.time(),
+        }
+        if r.gns is not None:
+            b = r.gns.update(float(m["g_small_sq"]), float(m["g_big_sq"]))
+            row["gns_b_simple"] = b
+            row["gns_b_simple_tokens"] = b * mc.context_length
+        r.rows.append(row)
+        if not math.isfinite(row["loss"]):
+            r.status = "diverged"
+            r.error = f"non-finite training loss at step {step_no}"
+            r.step = step_no
+            r.flush()
+            return
+        r.last_loss = row["loss"]
+
+    def drain(keep: int) -> None:
+        """Read metrics of finished steps a step late, so the host never stalls the device."""
+        while len(pending) > keep:
+            who, m = pending.pop(0)
+            per = g.per_model(jax.device_get(m))
+            for r, step_no in who:
+                if r.active:
+                    record(r, step_no, per[r.k])
+
+    def evaluate(rs: list[_Run]) -> None:
+        outs = jax.device_get([g.eval_fn(state["params"], v) for v in val_dev])
+        outs = [g.per_model(o) for o in outs]
+        for r in rs:
+            r.last_eval = float(np.mean([o[r.k]["loss"] for o in outs]))
+            for row in reversed(r.rows):
+                if row["step"] == r.step:
+                    row["eval_loss"] = r.last_eval
+                    if r.step == tc.steps:
+                        by_pos = np.mean([o[r.k]["loss_by_pos"] for o in outs], axis=0)
+                        row["eval_loss_by_pos"] = [round(float(x), 5) for x in by_pos]
+                    break
+
+    def save(rs: list[_Run]) -> None:
+        for r in rs:
+            r.flush()
+            checkpoint.save(r.mngr, r.step, g.model_state(state, r.k))
+
+    pi, pc = jax.process_index(), jax.process_count()
+    # SIGTERM is caught from the restore to the last checkpoint's final wait.
+    with _Preemption() as pre, contextlib.ExitStack() as stack:
+        state, runs = _restore_or_init(g, cfgs, files, stack)
+        feeds = [
+            stack.enter_context(
+                contextlib.closing(
+                    data_lib.Prefetcher(
+                        corpus.train,
+                        seed=r.cfg.train.seed,
+                        start=r.start,
+                        end=tc.steps,
+                        batch_size=tc.batch_size,
+                        seq_len=mc.context_length,
+                        shard_index=pi,
+                        num_shards=pc,
+                    )
+                )
+            )
+            for r in runs
+        ]
+        first = min(r.start for r in runs)
+        bar = _progress_bar(progress, first, tc.steps, base.name if K == 1 else f"{base.name} x{K}")
+        dummy = np.zeros((tc.batch_size // pc, mc.context_length + 1), np.int32)
+        t0 = time.perf_counter()
+        t_last, it_last, it = t0, 0, 0
+        while any(r.active for r in runs):
+            live = [r for r in runs if r.active]
+            n_live = len(live)
+            batch = g.device_batch([next(feeds[r.k]) if r.active else dummy for r in runs])
+            state, m = g.step_fn(state, batch, np.array([r.active for r in runs]))
+            for r in live:
+                r.step += 1
+            pending.append(([(r, r.step) for r in live], m))
+            it += 1
+            drain(keep=1)
+            at_eval = [r for r in live if r.step % tc.eval_every == 0 or r.step == tc.steps]
+            at_ckpt = [r for r in live if r.step % tc.checkpoint_every == 0 or r.step == tc.steps]
+            if at_eval or at_ckpt or pre.requested:
+                drain(keep=0)
+            if it % tc.log_every == 0 or at_eval:
+                now = time.perf_counter()
+                # Each model's own tokens/s (the group processes n_live times as many).
+                tps = (it - it_last) * per_model_tokens / max(now - t_last, 1e-9)
+                t_last, it_last = now, it
+            if to_eval := [r for r in at_eval if r.active]:
+                evaluate(to_eval)
+            if to_save := [r for r in at_ckpt if r.active]:
+                save(to_save)
+            for r in live:
+                if r.active and r.step >= tc.steps:
+                    r.status = "done"
+            if pre.requested:
+                # A SIGTERM on a model's last step still finished it (marked done above).
+                still = [r for r in runs if r.active]
+                save([r for r in still if r not in to_save])
+                for r in still:
+                    r.status = "preempted"
+                break
+            if bar is not None:
+                lead = live[0]
+                bar.update(1)
+                post = {"loss": f"{lead.last_loss:.3f}", "eval": f"{lead.last_eval:.3f}"}
+                bar.set_postfix(**post, **({"live": n_live} if K > 1 else {}), refresh=False)
+        drain(keep=0)
+    wall = time.perf_counter() - t0
+    for r in runs:
+        r.flush()
+    if bar is not None:
+        bar.close()
+    steps_K = np.atleast_1d(jax.device_get(state["step"]))
+    done_K = [r.step if r.status == "diverged" else int(steps_K[r.k]) for r in runs]
+    trained = sum(d - r.start for d, r in zip(done_K, runs))
+    # MFU is the hardware's: every model's trained tokens over the same wall time.
+    hw_tps = trained * per_model_tokens / max(wall, 1e-9)
+    summaries = []
+    for r, done in zip(runs, done_K):
+        tokens = done * per_model_tokens
+        summary = {
+            **_summary_base(r.cfg),
+            "status": r.status,
+            "steps": done,
+            "tokens": tokens,
+            "loss": r.last_eval,
+            "train_loss": r.last_loss,
+            "flops": {c: flops_lib.flops_per_token(mc, c) * tokens for c in flops_lib.CONVENTIONS},
+            "wall_time_s": wall,
+            "tokens_per_s": (tokens - r.start * per_model_tokens) / max(wall, 1e-9),
+            "peak_flops_per_device": peak,
+            "mfu": hw_tps * fpt_mfu / (peak * n_dev) if peak else math.nan,
+        }
+        if grouped:
+            summary["group_size"] = K
+        if r.error:
+            summary["error"] = r.error
+        if r.writer:
+            r.files.write_summary(summary)
+        summaries.append(summary)
+    return summaries
 
 
 def _summary_base(cfg: RunConfig) -> dict:
@@ -325,210 +769,7 @@ def _summary_base(cfg: RunConfig) -> dict:
     }
 
 
-def train(
-    cfg: RunConfig,
-    run_dir: str | Path,
-    *,
-    progress: bool = True,
-    mesh: jax.sharding.Mesh | None = None,
-    corpus: data_lib.Corpus | None = None,
-) -> dict:
-    """Train one run in run_dir, resuming from its latest checkpoint; returns the summary."""
-    run_dir = Path(run_dir)
-    _check_writable(run_dir)
-    shd.maybe_initialize_distributed(cfg.mesh)
-    mc = cfg.model
-    corpus = corpus if corpus is not None else data_lib.load_corpus(cfg.data)
-    if corpus.vocab_size > mc.vocab_size:
-        raise ConfigError(
-            f"ModelConfig.vocab_size={mc.vocab_size} is smaller than the tokenizer's "
-            f"{corpus.vocab_size}; set model.vocab_size={corpus.vocab_size}"
-        )
-    data_lib.warn_if_repeated(corpus, cfg.total_tokens)
-    s = setup(cfg, mesh)
-    is_main = jax.process_index() == 0
-    if is_main:
-        store.write_json_atomic(run_dir / "config.json", {**cfg.to_dict(), "run_id": cfg.run_id()})
-    with jax.set_mesh(s.mesh):
-        return _train_loop(cfg, s, run_dir, corpus, progress and is_main, is_main)
-
-
-def _train_loop(cfg, s: Setup, run_dir: Path, corpus, progress: bool, is_main: bool) -> dict:
-    tc, mc = cfg.train, cfg.model
-    mngr = _checkpoint_manager(run_dir, tc)
-    abstract_state = jax.tree.map(
-        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-        jax.eval_shape(s.init_fn),
-        s.state_shardings,
-    )
-    state, start = _restore_latest(mngr, abstract_state, run_dir / "corrupt_checkpoints")
-    if state is None:
-        state, start = s.init_fn(), 0
-    metrics_path = run_dir / "metrics.jsonl"
-    if is_main:
-        store.truncate_jsonl_after(metrics_path, start)
-    done_rows = store.read_jsonl(metrics_path) if start else []
-    fpt = flops_lib.flops_per_token(mc, "kaplan_attn")
-    # MFU counts what the model needs, PaLM-style (full attention, no remat recompute).
-    fpt_mfu = flops_lib.flops_per_token(mc, "exact")
-    peak, _ = flops_lib.device_peak_flops(mc.compute_dtype)
-    n_dev = jax.device_count()
-    val = data_lib.eval_batches(
-        corpus.val, batch_size=tc.batch_size, seq_len=mc.context_length, n_batches=tc.eval_batches
-    )
-    # Every process holds the full eval set, so a callback places each shard (multi-host safe).
-    val_dev = [
-        jax.make_array_from_callback(v.shape, s.eval_sharding, lambda idx, v=v: v[idx]) for v in val
-    ]
-    pi, pc = jax.process_index(), jax.process_count()
-    batches = data_lib.Prefetcher(
-        corpus.train,
-        seed=tc.seed,
-        start=start,
-        end=tc.steps,
-        batch_size=tc.batch_size,
-        seq_len=mc.context_length,
-        shard_index=pi,
-        num_shards=pc,
-    )
-    micro = tc.batch_size // tc.grad_accum
-    gns = NoiseScaleEMA(micro, tc.batch_size, tc.gns_ema) if tc.gns else None
-    bar = _progress_bar(progress, start, tc.steps, cfg.name)
-    rows: list[dict] = []
-    pending: list[tuple[int, dict]] = []
-    status, last_loss, last_eval = "running", math.nan, math.nan
-    # A resumed run carries its latest logged losses, so a run resumed at its end reports them.
-    for r in done_rows:
-        last_loss = r.get("loss", last_loss)
-        last_eval = r.get("eval_loss", last_eval)
-    t_last, tok_last = time.perf_counter(), start * cfg.tokens_per_step
-    t0 = time.perf_counter()
-    tps = math.nan
-    diverged_at = 0
-
-    def drain(keep: int) -> bool:
-        """Read metrics of finished steps (a step late, so the host never stalls the device)."""
-        nonlocal last_loss, status, diverged_at
-        while len(pending) > keep:
-            step_no, m = pending.pop(0)
-            m = jax.device_get(m)
-            row = {
-                "step": step_no,
-                "tokens": step_no * cfg.tokens_per_step,
-                "flops": step_no * cfg.tokens_per_step * fpt,
-                "loss": float(m["loss"]),
-                "lr": float(m["lr"]),
-                "grad_norm": float(m["grad_norm"]),
-                "tokens_per_s": tps,
-                "mfu": tps * fpt_mfu / (peak * n_dev) if peak else math.nan,
-                "time": time.time(),
-            }
-            if gns is not None:
-                b = gns.update(float(m["g_small_sq"]), float(m["g_big_sq"]))
-                row["gns_b_simple"] = b
-                row["gns_b_simple_tokens"] = b * mc.context_length
-            rows.append(row)
-            if not math.isfinite(row["loss"]):
-                status, diverged_at = "diverged", step_no
-                return False
-            last_loss = row["loss"]
-        return True
-
-    def evaluate(step_no: int) -> float:
-        outs = [s.eval_fn(state["params"], v) for v in val_dev]
-        losses = jax.device_get(outs)
-        value = float(np.mean([o["loss"] for o in losses]))
-        by_pos = np.mean([o["loss_by_pos"] for o in losses], axis=0)
-        for r in reversed(rows):
-            if r["step"] == step_no:
-                r["eval_loss"] = value
-                if step_no == tc.steps:
-                    r["eval_loss_by_pos"] = [round(float(x), 5) for x in by_pos]
-                break
-        return value
-
-    def flush() -> None:
-        if is_main:
-            store.append_jsonl(metrics_path, rows)
-        rows.clear()
-
-    preempted = False
-    with _Preemption() as pre, contextlib.closing(batches), _finishing(mngr):
-        for step_no in range(start + 1, tc.steps + 1):
-            batch = _device_batch(s, next(batches))
-            state, m = s.step_fn(state, batch)
-            pending.append((step_no, m))
-            if not drain(keep=1):
-                break
-            at_eval = step_no % tc.eval_every == 0 or step_no == tc.steps
-            at_ckpt = step_no % tc.checkpoint_every == 0 or step_no == tc.steps
-            if at_eval or at_ckpt or pre.requested:
-                if not drain(keep=0):
-                    break
-            if step_no % tc.log_every == 0 or at_eval:
-                now = time.perf_counter()
-                tok = step_no * cfg.tokens_per_step
-                tps = (tok - tok_last) / max(now - t_last, 1e-9)
-                t_last, tok_last = now, tok
-            if at_eval:
-                last_eval = evaluate(step_no)
-            if at_ckpt or pre.requested:
-                flush()
-                mngr.save(step_no, args=_ckpt_args(state))
-                if pre.requested:
-                    preempted = step_no < tc.steps  # a SIGTERM on the last step still finished
-                    break
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.3f}", eval=f"{last_eval:.3f}", refresh=False)
-        else:
-            drain(keep=0)
-    flush()
-    if bar is not None:
-        bar.close()
-    if status != "diverged":
-        status = "preempted" if preempted else "done"
-    done = int(jax.device_get(state["step"])) if status != "diverged" else diverged_at
-    wall = time.perf_counter() - t0
-    tokens = done * cfg.tokens_per_step
-    summary = {
-        **_summary_base(cfg),
-        "status": status,
-        "steps": done,
-        "tokens": tokens,
-        "loss": last_eval,
-        "train_loss": last_loss,
-        "flops": {c: flops_lib.flops_per_token(mc, c) * tokens for c in flops_lib.CONVENTIONS},
-        "wall_time_s": wall,
-        "tokens_per_s": (tokens - start * cfg.tokens_per_step) / max(wall, 1e-9),
-        "peak_flops_per_device": peak,
-    }
-    summary["mfu"] = summary["tokens_per_s"] * fpt_mfu / (peak * n_dev) if peak else math.nan
-    if status == "diverged":
-        summary["error"] = f"non-finite training loss at step {diverged_at}"
-    if is_main:
-        store.write_json_atomic(run_dir / "summary.json", summary)
-    return summary
-
-
-@contextlib.contextmanager
-def _finishing(mngr):
-    """Wait for in-flight async saves even when training raises (e.g. disk full)."""
-    try:
-        yield mngr
-    finally:
-        mngr.wait_until_finished()
-        mngr.close()
-
-
-def _ckpt_args(state: State):
-    import orbax.checkpoint as ocp
-
-    return ocp.args.Composite(state=ocp.args.StandardSave(state))
-
-
 def _progress_bar(enabled: bool, start: int, total: int, name: str):
     if not enabled:
         return None
-
     return tqdm(total=total, initial=start, desc=name, unit="step", dynamic_ncols=True)

@@ -1,11 +1,11 @@
 """Load a results directory into pandas: one row per run, one row per logged step.
 
-Every run lives in ``<results>/<run_id>/`` (config.json, metrics.jsonl, summary.json,
-checkpoints/). The loader never lets one damaged run stop an analysis: a corrupt line of
-metrics.jsonl is skipped with a warning naming the file and line, a run whose config.json is
-unreadable is skipped with a warning naming it, and an unreadable summary.json makes the run
-count as incomplete (its numbers then come from metrics.jsonl). Paths may be local or, when
-etils.epath is installed, any filesystem it supports (gs://...).
+Every run lives in ``<results>/<run_id>/``, read through runs.rundir.RunDir. The loader never
+lets one damaged run stop an analysis: a corrupt metrics line is skipped with a warning naming
+the file and line, a run whose config is unreadable or invalid is skipped with a warning naming
+it, and an unreadable summary makes the run count as incomplete (its numbers then come from its
+metrics). Paths may be local or, when etils.epath is installed, any filesystem it supports
+(gs://...).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pandas as pd
 
 from jaxscale.config import ConfigError, RunConfig
 from jaxscale.core import flops
-from jaxscale.runs import store
+from jaxscale.runs.rundir import CONFIG, SUMMARY, RunDir, run_dirs
 
 CURVE_COLUMNS = ("run_id", "step", "tokens", "loss", "eval_loss", "lr")
 
@@ -40,25 +40,11 @@ def _num(v: Any) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
-def _run_dirs(root: Any) -> list[Any]:
-    if (root / "config.json").exists():
-        return [root]
-    return sorted(
-        (p for p in root.iterdir() if p.is_dir() and (p / "config.json").exists()),
-        key=lambda p: p.name,
-    )
-
-
-def _load_config(run_dir: Any) -> RunConfig | None:
-    raw = store.read_json(run_dir / "config.json")
-    if raw is None:
-        warnings.warn(f"run {run_dir.name}: config.json unreadable; run skipped", stacklevel=3)
-        return None
-    raw = {k: v for k, v in raw.items() if k != "run_id"}
+def _load_config(run: RunDir) -> RunConfig | None:
     try:
-        return RunConfig.from_dict(raw)
-    except (ConfigError, TypeError) as e:
-        warnings.warn(f"run {run_dir.name}: config.json invalid ({e}); run skipped", stacklevel=3)
+        return run.read_config()
+    except ConfigError as e:
+        warnings.warn(f"run {run.name}: {e}; run skipped", stacklevel=3)
         return None
 
 
@@ -72,31 +58,28 @@ def load(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     flops_<convention> = flops_per_token × tokens seen so far.
     """
 
-    root = store.as_path(path)
-    if not root.exists():
-        raise FileNotFoundError(f"results directory {os.fspath(path)!r} does not exist")
     run_rows: list[dict] = []
     curve_frames: list[pd.DataFrame] = []
-    for run_dir in _run_dirs(root):
-        cfg = _load_config(run_dir)
+    for run in run_dirs(path):
+        cfg = _load_config(run)
         if cfg is None:
             continue
         run_id = cfg.run_id()
-        if run_id != run_dir.name:
+        if run_id != run.name:
             warnings.warn(
-                f"run {run_dir.name}: config.json hashes to {run_id}, not the directory name; "
+                f"run {run.name}: its {CONFIG} hashes to {run_id}, not the directory name; "
                 "using the directory name",
                 stacklevel=2,
             )
-            run_id = run_dir.name
+            run_id = run.name
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            metrics = store.read_jsonl(run_dir / "metrics.jsonl")
-            summary = store.read_json(run_dir / "summary.json")
+            metrics = run.read_metrics()
+            summary = run.read_summary()
         for w in caught:
             warnings.warn(f"run {run_id}: {w.message}", stacklevel=2)
-        if summary is None and (run_dir / "summary.json").exists():
-            warnings.warn(f"run {run_id}: treating as incomplete (bad summary.json)", stacklevel=2)
+        if summary is None and run.has_summary_file():
+            warnings.warn(f"run {run_id}: treating as incomplete (bad {SUMMARY})", stacklevel=2)
         summary = summary or {}
         mc = cfg.model
         fpt = {c: float(flops.flops_per_token(mc, c)) for c in flops.CONVENTIONS}
@@ -118,7 +101,7 @@ def load(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
 
         last = curve.iloc[-1] if len(curve) else None
         evals = curve["eval_loss"].dropna() if len(curve) else pd.Series(dtype=float)
-        lock = store.lock_info(run_dir)
+        lock = run.lock_info()
         status = summary.get("status") or ("running" if lock else "incomplete")
         tokens = _num(summary.get("tokens"))
         if math.isnan(tokens) and last is not None:
@@ -151,7 +134,7 @@ def load(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
         for k in ("wall_time_s", "tokens_per_s", "mfu"):
             row[k] = _num(summary.get(k))
         row.update(_flatten({k: v for k, v in cfg.to_dict().items() if k != "name"}))
-        row["path"] = os.fspath(run_dir)
+        row["path"] = os.fspath(run.path)
         run_rows.append(row)
 
     runs_df = pd.DataFrame(run_rows)
@@ -174,5 +157,5 @@ def compute(df: pd.DataFrame, convention: str) -> pd.Series:
         )
     col = f"flops_{convention}"
     if col not in df:
-        raise ValueError(f"no {col} column: pass a DataFrame from jaxscale.results.load")
+        raise ValueError(f"no {col} column: pass a DataFrame from jaxscale.runs.results.load")
     return df[col].astype(float)

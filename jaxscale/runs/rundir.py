@@ -83,8 +83,8 @@ class RunDir:
         raw = self.read_config_raw()
         if raw is None:
             raise ConfigError(
-                f"{self.path} has no readable {CONFIG}; pass a run directory written by "
-                "`jaxscale train` / `jaxscale sweep run` (or a results directory of them)"
+                f"{self.path / CONFIG} is missing or unreadable: not a run directory written by "
+                "`jaxscale train` / `jaxscale sweep run`"
             )
         try:
             return RunConfig.from_dict({k: v for k, v in raw.items() if k != "run_id"})
@@ -163,7 +163,13 @@ class RunDir:
         return store.RunLock.acquire(self.path, timeout=timeout, heartbeat_s=heartbeat_s)
 
     def lock_info(self) -> dict | None:
+        """The lock file's contents (pid, host, token, heartbeat), live or stale, or None."""
         return store.lock_info(self.path) if self.path.exists() else None
+
+    def lock_holder(self, timeout: float = 300.0) -> dict | None:
+        """The lock info of a live worker holding this run (see store.lock_is_stale), or None."""
+        info = self.lock_info()
+        return info if info is not None and not store.lock_is_stale(info, timeout) else None
 
 
 def run_dirs(root: str | os.PathLike, *, require: bool = False) -> list[RunDir]:
