@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from jaxscale.runs.grids import model_for, with_steps
+from jaxscale.runs.grids import with_steps
 
 NAME = "sizes"
 DESCRIPTION = "model-size sweep with dense eval curves (sample efficiency, position, shift)"
@@ -50,7 +50,7 @@ def runs(setting: str = "default") -> list[RunConfig]:
     steps = 300 if tiny else 2000
     out = []
     for w, d in SHAPES["tiny" if tiny else "default"]:
-        mc = model_for(base.model, w, d, head_dim=16)
+        mc = base.model.resized(w, d, head_dim=16)
         cfg = with_steps(dataclasses.replace(base, model=mc), steps, evals=15)
         out.append(dataclasses.replace(cfg, name=f"{NAME}_N{mc.n_params_nonembedding}"))
     return out

@@ -62,7 +62,7 @@ def test_isoflop_drops_models_too_big_for_a_budget():
 
 
 def test_budget_too_small_names_budget_and_smallest_cost():
-    small = grids.model_for(BASE.model, 16, 1)
+    small = BASE.model.resized(16, 1)
     cost = flops.flops_per_token(small, "kaplan_attn") * 20 * 4 * 64
     with pytest.raises(ConfigError) as e:
         grids.isoflop_plan(BASE, [1e6, 1e9], SHAPES, min_steps=20)
@@ -357,7 +357,7 @@ def test_one_real_tiny_run(tmp_path):
     """The real train.train through the runner: summary, metrics and rerun-skip (~10 s)."""
     small = dataclasses.replace(
         BASE,
-        model=grids.model_for(BASE.model, 16, 1, head_dim=16),
+        model=BASE.model.resized(16, 1, head_dim=16),
         data=DataConfig(max_bytes=400_000),
         train=dataclasses.replace(BASE.train, eval_batches=1),
     )
@@ -373,7 +373,7 @@ def test_one_real_tiny_run(tmp_path):
 
 def test_model_for_keeps_base_fields():
     base = ModelConfig(context_length=96, activation="swiglu", norm="layernorm", vocab_size=300)
-    m = grids.model_for(base, 128, 3, head_dim=32)
+    m = base.resized(128, 3, head_dim=32)
     assert (m.d_model, m.n_layers, m.n_heads) == (128, 3, 4)
     kept = (m.context_length, m.activation, m.norm, m.vocab_size)
     assert kept == (96, "swiglu", "layernorm", 300)

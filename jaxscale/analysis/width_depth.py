@@ -101,13 +101,9 @@ def tagged_level(name: str) -> float | None:
 def _model(
     base: ModelConfig, width: int, depth: int, head_rule: str, head_dim: int, n_heads: int | None
 ) -> ModelConfig | None:
-    keep = dataclasses.asdict(base)
-    for k in ("d_model", "n_layers", "n_heads", "d_ff"):
-        keep.pop(k)
-    ffn_ratio = 4.0 if base.activation == "swiglu" else base.d_ff / base.d_model
     hd = head_dim if head_rule == "fixed_head_dim" else width // int(n_heads or 1)
     try:
-        return ModelConfig.from_width_depth(width, depth, head_dim=hd, ffn_ratio=ffn_ratio, **keep)
+        return base.resized(width, depth, head_dim=hd)
     except ConfigError:
         return None
 

@@ -22,21 +22,6 @@ DEFAULT_CONVENTION = "kaplan_attn"
 # --- model and schedule builders ------------------------------------------------------------
 
 
-def model_for(base: ModelConfig, width: int, depth: int, **kw: Any) -> ModelConfig:
-    """A (width, depth) model via ModelConfig.from_width_depth, other fields taken from base."""
-    keep = dataclasses.asdict(base)
-    for k in ("d_model", "n_layers", "n_heads", "d_ff"):
-        keep.pop(k)
-    head_dim = kw.pop("head_dim", base.head_dim)
-    # SwiGLU's d_ff is already 2/3-scaled by from_width_depth, so its default ratio is 4.
-    default_ratio = 4.0 if base.activation == "swiglu" else base.d_ff / base.d_model
-    ffn_ratio = kw.pop("ffn_ratio", default_ratio)
-    keep.update(kw)
-    return ModelConfig.from_width_depth(
-        width, depth, head_dim=head_dim, ffn_ratio=ffn_ratio, **keep
-    )
-
-
 def with_steps(base: RunConfig, steps: int, *, evals: int | None = 8, **train_kw: Any) -> RunConfig:
     """base with train.steps set; warmup clipped to a quarter of the run, ~`evals` eval points."""
     tc = dataclasses.replace(base.train, **train_kw) if train_kw else base.train
@@ -135,7 +120,7 @@ def isoflop_plan(
         if C not in per_budget:
             raise ConfigError(f"isoflop_plan: no shapes given for budget {C:.3e}")
         models = sorted(
-            (model_for(base.model, w, d, **model_kw) for w, d in per_budget[C]),
+            (base.model.resized(w, d, **model_kw) for w, d in per_budget[C]),
             key=lambda m: _flops_per_token(m, convention),
         )
         fits = 0
@@ -193,7 +178,7 @@ def nd_grid_runs(
     bs, T = base.train.batch_size, base.model.context_length
     out = []
     for w, d in shapes:
-        mc = model_for(base.model, w, d, **model_kw)
+        mc = base.model.resized(w, d, **model_kw)
         for D in tokens:
             cfg = with_steps(
                 dataclasses.replace(base, model=mc), steps_for_tokens(D, bs, T), evals=evals
@@ -238,7 +223,7 @@ def lr_grid_runs(
     """train.lr × model size, for per-size learning-rate tuning."""
     out = []
     for w, d in shapes:
-        mc = model_for(base.model, w, d, **model_kw)
+        mc = base.model.resized(w, d, **model_kw)
         steps = (
             steps_for_tokens(tokens, base.train.batch_size, mc.context_length)
             if tokens
