@@ -60,9 +60,8 @@ def quantile_band(
     alpha: float = 0.15,
     qs: Sequence[float] = QUANTILES_90,
     lw: float = 1.2,
-) -> np.ndarray:
-    """Median line and central band (qs[0]..qs[-1]) of per-draw curves; returns the quantiles."""
+) -> None:
+    """Median line and central band (qs[0]..qs[-1]) of per-draw curves (draws x grid)."""
     q = np.quantile(np.asarray(draws_MxG, np.float64), qs, axis=0)
     ax.plot(x, q[len(qs) // 2], color=color, lw=lw, label=label)
     ax.fill_between(x, q[0], q[-1], color=color, alpha=alpha, lw=0)
-    return q
