@@ -338,10 +338,7 @@ def analyse(
 ) -> Frontier:
     """Envelope and isoFLOP optima for a results directory or a (runs_df, curves_df) pair."""
 
-    if convention not in flops.CONVENTIONS:
-        raise ValueError(
-            f"unknown FLOP convention {convention!r}; choose one of {list(flops.CONVENTIONS)}"
-        )
+    flops.check_convention(convention)
     if isinstance(path_or_dfs, tuple):
         runs_df, curves_df = path_or_dfs
     else:

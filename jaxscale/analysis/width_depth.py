@@ -314,8 +314,7 @@ def shape_runs(
         raise ConfigError(f"budget: unknown {budget!r}; choose one of {list(BUDGETS)}")
     if tokens is not None and tokens_per_param is not None:
         raise ConfigError("give tokens or tokens_per_param, not both")
-    if convention not in flops.CONVENTIONS:
-        raise ConfigError(f"convention: unknown {convention!r}; choose one of {flops.CONVENTIONS}")
+    flops.check_convention(convention)
     shapes = shape_grid(base.model, n_targets, **grid_kw)
     bs, T = base.train.batch_size, base.model.context_length
     out: list[RunConfig] = []

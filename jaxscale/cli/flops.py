@@ -37,7 +37,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--convention",
         default="exact",
-        help=f"flops.itemised convention: {', '.join(flops.CONVENTIONS)}",
+        help=f"itemised convention: {', '.join(flops.CONVENTIONS)}",
     )
     p.add_argument("--xla", action="store_true", help="compile the real train step and compare")
     return p
@@ -90,8 +90,7 @@ def format_report(
 
 def run(args: argparse.Namespace) -> int:
     """Entry point for `jaxscale flops`; returns the process exit code."""
-    if args.convention not in flops.CONVENTIONS:
-        raise flops.convention_error(args.convention)
+    flops.check_convention(args.convention)
     run = _model_from_args(load_config(args.config, args.overrides), args.width, args.depth)
     print(format_report(run, args.convention, args.tokens, args.seq_len))
     if args.xla:

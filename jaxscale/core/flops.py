@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxscale.config import ModelConfig, RunConfig
+from jaxscale.config import ConfigError, ModelConfig, RunConfig
 
 BACKWARD_FACTOR = 2.0
 
@@ -63,11 +63,13 @@ _ADAMW_PER_PARAM = 15
 _CLIP_PER_PARAM = 5
 
 
-def convention_error(name: str) -> ValueError:
-    """A readable ValueError for an unknown convention, with the closest valid name."""
+def check_convention(name: str) -> str:
+    """`name` if it is a FLOP convention; otherwise a ConfigError naming the closest one."""
+    if name in CONVENTIONS:
+        return name
     close = difflib.get_close_matches(str(name), CONVENTIONS, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    return ValueError(
+    raise ConfigError(
         f"unknown FLOP convention {name!r}; {hint}choose one of {', '.join(CONVENTIONS)}"
     )
 
@@ -171,10 +173,8 @@ def _itemise_cached(cfg: ModelConfig, convention: str, T: int) -> tuple[tuple[st
         items = _chinchilla_items(cfg, T, embed=True)
     elif convention == "chinchilla_noembed":
         items = _chinchilla_items(cfg, T, embed=False)
-    elif convention in ("exact", "exact_causal"):
+    else:  # exact, exact_causal (itemise has checked the name)
         items = _exact_items(cfg, T, halved=convention == "exact_causal")
-    else:
-        raise convention_error(convention)
     return tuple(items)
 
 
@@ -182,9 +182,7 @@ def itemise(
     cfg: ModelConfig, convention: str, seq_len: int | None = None
 ) -> list[tuple[str, float]]:
     """FORWARD FLOPs per token, item by item; training total = 3 x sum (see flops_per_token)."""
-    if convention not in CONVENTIONS:
-        raise convention_error(convention)
-    return list(_itemise_cached(cfg, convention, _seq(cfg, seq_len)))
+    return list(_itemise_cached(cfg, check_convention(convention), _seq(cfg, seq_len)))
 
 
 def forward_flops_per_token(

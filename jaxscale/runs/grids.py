@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jaxscale.config import ConfigError, ModelConfig, RunConfig
+from jaxscale.config import ConfigError, RunConfig
 from jaxscale.core import flops
 
 DEFAULT_CONVENTION = "kaplan_attn"
@@ -36,17 +36,9 @@ def steps_for_tokens(tokens: float, batch_size: int, context_length: int) -> int
     return max(1, round(tokens / (batch_size * context_length)))
 
 
-def _flops_per_token(mc: ModelConfig, convention: str) -> float:
-    if convention not in flops.CONVENTIONS:
-        raise ConfigError(
-            f"unknown FLOP convention {convention!r}; choose one of {list(flops.CONVENTIONS)}"
-        )
-    return float(flops.flops_per_token(mc, convention))
-
-
 def planned_flops(cfg: RunConfig, convention: str = DEFAULT_CONVENTION) -> float:
     """Training FLOPs C of the full run under `convention` (flops_per_token × tokens)."""
-    return _flops_per_token(cfg.model, convention) * cfg.total_tokens
+    return flops.flops_per_token(cfg.model, convention) * cfg.total_tokens
 
 
 def dedupe(runs: Iterable[RunConfig]) -> list[RunConfig]:
@@ -121,11 +113,11 @@ def isoflop_plan(
             raise ConfigError(f"isoflop_plan: no shapes given for budget {C:.3e}")
         models = sorted(
             (base.model.resized(w, d, **model_kw) for w, d in per_budget[C]),
-            key=lambda m: _flops_per_token(m, convention),
+            key=lambda m: flops.flops_per_token(m, convention),
         )
         fits = 0
         for mc in models:
-            fpt = _flops_per_token(mc, convention)
+            fpt = flops.flops_per_token(mc, convention)
             steps = steps_for_tokens(C / fpt, bs, T)
             if C / fpt / (bs * T) < min_steps - 0.5:
                 continue
@@ -146,7 +138,7 @@ def isoflop_plan(
             fits += 1
         if not fits:
             small = models[0]
-            cost = _flops_per_token(small, convention) * min_steps * bs * T
+            cost = flops.flops_per_token(small, convention) * min_steps * bs * T
             raise ConfigError(
                 f"isoflop_plan: budget C={C:.3e} FLOPs ({convention}) is too small for the "
                 f"smallest model (d_model={small.d_model}, n_layers={small.n_layers}, "

@@ -151,10 +151,7 @@ def load(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
 def compute(df: pd.DataFrame, convention: str) -> pd.Series:
     """Training compute C under `convention` for each row of runs_df or curves_df."""
 
-    if convention not in flops.CONVENTIONS:
-        raise ValueError(
-            f"unknown FLOP convention {convention!r}; choose one of {list(flops.CONVENTIONS)}"
-        )
+    flops.check_convention(convention)
     col = f"flops_{convention}"
     if col not in df:
         raise ValueError(f"no {col} column: pass a DataFrame from jaxscale.runs.results.load")
