@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 from jaxscale.cli import main
+from jaxscale.config import DataConfig
+from jaxscale.core import data
 
 BAD_OVERRIDES = [
     ("--train.beta1=nan", "TrainConfig.beta1: must be a finite number"),
@@ -33,3 +36,24 @@ def test_bad_config_value_is_one_line_exit_2_and_writes_nothing(
     assert err.startswith("jaxscale: error: ")
     assert re.search(message, err), err
     assert not run_dir.exists()
+
+
+def test_uint32_token_file_read_as_uint16_is_refused(tmp_path, capsys):
+    ids = np.random.default_rng(0).integers(1, 256, 4096).astype(np.uint32)
+    path = tmp_path / "toks.bin"
+    ids.tofile(path)
+    run_dir = tmp_path / "run"
+    code = main(
+        ["train", "--run-dir", str(run_dir), "--no-progress", f"--data.corpus=tokens:{path}"]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "set data.token_dtype=uint32" in err and len(err.splitlines()) == 1
+    assert not (run_dir / "metrics.jsonl").exists()
+
+
+def test_uint16_token_file_read_as_uint32_names_the_dtype(tmp_path):
+    ids = np.random.default_rng(0).integers(1, 256, 4096).astype(np.uint16)
+    path = tmp_path / "toks.bin"
+    ids.tofile(path)
+    with pytest.raises(ValueError, match="check data.token_dtype"):
+        data.load_corpus(DataConfig(corpus=f"tokens:{path}", token_dtype="uint32"))

@@ -772,7 +772,15 @@ def open_token_file(path: str | os.PathLike, dtype: str = "uint16") -> np.ndarra
             f"token file {str(p)!r} has {size} bytes, not a multiple of {dt.itemsize} ({dtype}); "
             "is data.token_dtype right, or is the file truncated?"
         )
-    return np.memmap(p, dtype=dt, mode="r")
+    arr = np.memmap(p, dtype=dt, mode="r")
+    head = np.asarray(arr[: 1 << 20])
+    # uint32 ids below 65536 read as uint16 come out as (id, 0, id, 0, ...): a silent corruption.
+    if dt == np.uint16 and head.size >= 64 and not head[1::2].any() and head[0::2].any():
+        raise ValueError(
+            f"token file {str(p)!r} read as uint16 has a zero in every odd position, the pattern "
+            "of uint32 ids read as uint16; set data.token_dtype=uint32"
+        )
+    return arr
 
 
 def _mix64(x_N: np.ndarray) -> np.ndarray:
@@ -859,7 +867,8 @@ def _load_token_corpus(cfg: DataConfig) -> Corpus:
             raise ValueError(
                 f"token file {str(path)!r} holds id {mx} but tokenizer {cfg.tokenizer!r} has "
                 f"vocab_size {tok.vocab_size}; pass the tokenizer that produced the file "
-                "(data.tokenizer='bpe:PATH.json')"
+                "(data.tokenizer='bpe:PATH.json'), or check data.token_dtype (a uint16 file read "
+                "as uint32 gives ids in the millions)"
             )
         ends = np.flatnonzero(arr == tok.eod_id) + 1
         if ends.size == 0 or ends[-1] != n_tok:
