@@ -343,7 +343,9 @@ def test_two_runners_split_the_work_without_collision(tmp_path):
     procs = [_start(script, res) for _ in range(2)]
     time.sleep(0.5)  # both imported and waiting at the start line
     (res / "GO").touch()
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    # The worker that finishes first may still see a run held by the other: exit 4 (rerun
+    # later); the last one sees the whole share finished.
+    assert sorted(p.wait(timeout=120) for p in procs) in ([0, 0], [0, 4])
     log = _log(tmp_path)
     starts = [r[1] for r in log if r[0] == "start"]
     spec = importlib_runs(script)

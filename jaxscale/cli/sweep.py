@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from jaxscale.config import ConfigError
-from jaxscale.runs.runner import run_sweep, status_table
+from jaxscale.runs import store
+from jaxscale.runs.runner import foreign_note, run_sweep, status_table
 from jaxscale.runs.study import load_study
+
+EXIT_CODES = f"""exit codes:
+  0  this task's share is finished (every run done or diverged)
+  1  some run failed (error.txt in its directory), or its directory holds a different run
+  2  bad input: a broken study file or a bad option, e.g. --lock-timeout below {store.MIN_LOCK_TIMEOUT_S:g} s
+  3  preempted, or runs left unfinished by other workers: rerun the same command to resume
+  4  runs of this share are held by other live workers: rerun later, or `jaxscale sweep status`
+When several apply, 3 and 4 (share not finished) win over 1."""
 
 
 def format_table(rows: list[dict]) -> str:
@@ -37,12 +47,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="run or inspect a study (a Python file in experiments/)",
         description="Run a study's runs into a results directory, or show their status. "
         "Study files are Python and are executed: only pass files you trust. Any number of "
-        "workers may share one results directory (per-run lock files). `run` exits 0 when its "
-        "share is finished, 1 if some run failed, 3 if preempted (rerun to resume).",
+        "workers may share one results directory (per-run lock files; docs/faults.md says what "
+        "the shared filesystem must provide). `sweep run --help` lists the exit codes.",
     )
     sub = p.add_subparsers(dest="sweep_cmd", required=True)
     for name, hlp in (("run", "train every pending run"), ("status", "print a status table")):
-        q = sub.add_parser(name, help=hlp)
+        q = sub.add_parser(
+            name,
+            help=hlp,
+            description=hlp,
+            epilog=EXIT_CODES if name == "run" else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         q.add_argument("study", help="study file, e.g. experiments/quickstart.py")
         q.add_argument("--setting", default="default", help="study setting, e.g. tiny")
         q.add_argument(
@@ -54,8 +70,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         q.add_argument(
             "--lock-timeout",
             type=float,
-            default=300.0,
-            help="seconds without heartbeat before another host's lock counts as stale",
+            default=store.DEFAULT_LOCK_TIMEOUT_S,
+            help="seconds without a heartbeat before another worker takes a run's lock over "
+            f"(heartbeat every timeout/{store.HEARTBEATS_PER_TIMEOUT}; at least "
+            f"{store.MIN_LOCK_TIMEOUT_S:g}, and above your network filesystem's attribute-cache "
+            "time)",
         )
         if name == "run":
             q.add_argument(
@@ -83,6 +102,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Run `jaxscale sweep`."""
     try:
+        store.heartbeat_for(args.lock_timeout)  # refuse an unsafe --lock-timeout up front
         study = load_study(args.study)
         runs = study.runs(args.setting)
         conv = args.convention or study.convention
@@ -95,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
             for r in rows:
                 counts[r["state"]] = counts.get(r["state"], 0) + 1
             print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+            note = foreign_note(runs, results)
+            if note:
+                print(note)
             return 0
         print(
             f"{study.name} [{args.setting}]: {len(runs)} runs → {results} "
@@ -113,12 +136,17 @@ def run(args: argparse.Namespace) -> int:
             group=not args.no_group,
         )
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("JAXSCALE_DEBUG"):
+            raise
+        print(f"jaxscale: error: {e}", file=sys.stderr)
         return 2
     print(
         f"done {rep.done}, diverged {rep.diverged}, failed {rep.failed}, "
-        f"held by other workers {rep.running_elsewhere} of {rep.total}; trained {len(rep.trained)} "
-        f"now; C spent {rep.flops_spent:.3e} of {rep.flops_planned:.3e} ({conv})",
+        f"held by other workers {rep.running_elsewhere}, unfinished {rep.unfinished} of "
+        f"{rep.total}; trained {len(rep.trained)} now; C spent {rep.flops_spent:.3e} of "
+        f"{rep.flops_planned:.3e} ({conv})",
         file=sys.stderr,
     )
+    if rep.exit_code:
+        print(f"jaxscale sweep: exit {rep.exit_code}: {rep.reason}", file=sys.stderr)
     return rep.exit_code

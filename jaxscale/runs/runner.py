@@ -2,7 +2,8 @@
 
 The runner keeps one run directory per run, ``<results>/<run_id>/`` (runs.rundir), and claims
 each run with its lock so any number of workers (Slurm array tasks, TPU pod hosts, or just two
-terminals) can share one results directory on a POSIX filesystem.
+terminals) can share one results directory on a POSIX filesystem (docs/faults.md says what the
+filesystem must provide).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from tqdm.auto import tqdm
 
 from jaxscale.config import ConfigError, DataConfig, RunConfig
 from jaxscale.core import cache, data, flops, train
+from jaxscale.runs import store
 from jaxscale.runs.grids import DEFAULT_CONVENTION, dedupe, planned_flops, tagged_budget
-from jaxscale.runs.rundir import TERMINAL, RunDir
+from jaxscale.runs.rundir import TERMINAL, RunDir, RunMismatch, foreign_run_dirs
 
 TrainFn = Callable[..., dict]
 GroupFn = Callable[..., list[dict]]
@@ -80,7 +82,34 @@ def task_slice(
 # --- run state --------------------------------------------------------------------------------
 
 
-def run_state(results: str | Path, cfg: RunConfig, *, lock_timeout: float = 300.0) -> dict:
+def study_run_ids(runs: Sequence[RunConfig]) -> set[str]:
+    """The run_ids of a study's runs: the directories under its results that belong to it."""
+    return {r.run_id() for r in runs}
+
+
+def foreign_note(runs: Sequence[RunConfig], results: str | Path) -> str | None:
+    """One line on the run directories in `results` that are not runs of this study (other
+    studies, runs moved aside, copies), or None if there are none."""
+    ids = study_run_ids(runs)
+    other = foreign_run_dirs(results, ids)
+    return _describe_foreign(results, ids, other) if other else None
+
+
+def _describe_foreign(results: str | Path, ids: set[str], other: Sequence[RunDir]) -> str:
+    # A foreign directory holding one of the study's configs would be loaded twice.
+    repeats = [r.name for r in other if (r.read_config_raw() or {}).get("run_id") in ids]
+    names = ", ".join(r.name for r in other[:3]) + (", …" if len(other) > 3 else "")
+    rep = (
+        f"; {len(repeats)} repeat a study run's config ({', '.join(repeats[:3])})"
+        if repeats
+        else ""
+    )
+    return f"{results} also holds {len(other)} run dir(s) not in this study ({names}){rep}"
+
+
+def run_state(
+    results: str | Path, cfg: RunConfig, *, lock_timeout: float = store.DEFAULT_LOCK_TIMEOUT_S
+) -> dict:
     """State of one run on disk (pending / running / interrupted / preempted / done / diverged /
     failed), with its summary and, while a live worker holds it, that worker's lock info."""
     run = RunDir.of(results, cfg)
@@ -111,16 +140,39 @@ class SweepReport:
     done: int = 0
     diverged: int = 0
     failed: int = 0
-    running_elsewhere: int = 0
+    running_elsewhere: int = 0  # still held by other live workers when this one finished
+    unfinished: int = 0  # left interrupted by other workers; a rerun resumes them
     preempted: bool = False
     trained: list[str] = field(default_factory=list)
+    taken_over: list[str] = field(default_factory=list)  # lock lost while training them
+    foreign: int = 0  # run dirs in the results directory that are not this study's
     flops_spent: float = 0.0
     flops_planned: float = 0.0
 
     @property
     def exit_code(self) -> int:
-        """0 all finished, 1 some failed, 3 stopped by preemption (requeue and rerun)."""
-        return 3 if self.preempted else (1 if self.failed else 0)
+        """0 share finished, 1 some run failed, 3 preempted or unfinished (rerun to resume),
+        4 runs held by other live workers (rerun later); unfinished codes win over 1."""
+        if self.preempted or self.unfinished:
+            return 3
+        if self.running_elsewhere:
+            return 4
+        return 1 if self.failed else 0
+
+    @property
+    def reason(self) -> str:
+        """One line on why exit_code is not 0 ('' when it is)."""
+        return {
+            0: "",
+            1: f"{self.failed} run(s) failed (the log above names each); fix the cause, then "
+            f"rerun with --retry-failed",
+            3: "preempted; rerun the same command to resume"
+            if self.preempted
+            else f"{self.unfinished} run(s) were left unfinished by other workers; rerun the "
+            f"same command to resume them",
+            4: f"{self.running_elsewhere} run(s) of this share are held by other live workers; "
+            f"rerun later or see `jaxscale sweep status`",
+        }[self.exit_code]
 
 
 class _RealTrainer:
@@ -184,8 +236,8 @@ def run_sweep(
     task_index: int = 0,
     num_tasks: int = 1,
     retry_failed: bool = False,
-    lock_timeout: float = 300.0,
-    heartbeat_s: float = 30.0,
+    lock_timeout: float = store.DEFAULT_LOCK_TIMEOUT_S,
+    heartbeat_s: float | None = None,
     progress: bool = True,
     convention: str = DEFAULT_CONVENTION,
     log: Callable[[str], None] | None = None,
@@ -194,12 +246,15 @@ def run_sweep(
     """Train every pending run of this task's slice into <results>/<run_id>/.
 
     Finished runs (done/diverged, and failed unless retry_failed) are skipped; interrupted ones
-    resume from their checkpoints (train_fn does that); runs locked by a live worker are left to
-    it. An exception inside a run marks it failed (a summary with the error) and the sweep goes
-    on. `train_fn(cfg, run: RunDir, progress=...) -> summary` defaults to train.train; with the
-    default trainer, compatible pending runs (see `plan`) are trained K at a time in one vmapped
-    step (train.train_group) unless group=False.
+    resume from their checkpoints (train_fn does that); runs locked by a live worker, or taken
+    over by one while this worker trained them, are left to it. An exception inside a run marks
+    it failed (a summary with the error) and the sweep goes on. `train_fn(cfg, run: RunDir,
+    progress=...) -> summary` defaults to train.train; with the default trainer, compatible
+    pending runs (see `plan`) are trained K at a time in one vmapped step (train.train_group)
+    unless group=False. The heartbeat defaults to lock_timeout/10 (store.heartbeat_for);
+    SweepReport.exit_code and .reason say whether this task's share is finished.
     """
+    heartbeat_s = store.heartbeat_for(lock_timeout, heartbeat_s)
     if "://" in os.fspath(results):
         raise ConfigError(
             f"--results {os.fspath(results)!r}: the runner needs a POSIX directory (local or "
@@ -223,6 +278,11 @@ def run_sweep(
     mine = [r for g in groups for r in g]
     rep = SweepReport(total=len(mine))
     rep.flops_planned = sum(planned_flops(r, convention) for r in mine)
+    ids = study_run_ids(runs)
+    other = foreign_run_dirs(results, ids)
+    rep.foreign = len(other)
+    if other:
+        log(_describe_foreign(results, ids, other))
     terminal = ("done", "diverged") if retry_failed else TERMINAL
 
     bar = tqdm(total=len(mine), desc="sweep", unit="run", disable=not progress, file=sys.stderr)
@@ -258,21 +318,27 @@ def run_sweep(
                 pending, results, train_fn, group_fn, rep, lock_timeout, heartbeat_s, log, terminal
             )
             for cfg, status in zip(pending, statuses):
-                if status == "locked":
+                if status in ("locked", "lost"):
                     elsewhere.append(cfg)
+                elif status == "mismatch":
+                    rep.failed += 1
+                    bar.update(1)
                 else:
                     account(cfg, RunDir.of(results, cfg).read_summary())
             refresh(len(elsewhere))
             if "preempted" in statuses:
                 rep.preempted = True
-                log("preempted; rerun the same command to resume")
                 break
-        rep.running_elsewhere = len(elsewhere)
-        if elsewhere and not rep.preempted:
-            log(
-                f"{len(elsewhere)} run(s) are held by other live workers and were left to them; "
-                f"`jaxscale sweep status` shows their progress"
-            )
+        # Runs left to other workers count as finished only once they are.
+        for cfg in elsewhere:
+            st = run_state(results, cfg, lock_timeout=lock_timeout)
+            if st["state"] in terminal:
+                account(cfg, st["summary"])
+            elif st["state"] == "running":
+                rep.running_elsewhere += 1
+            else:
+                rep.unfinished += 1
+        refresh(rep.running_elsewhere)
     finally:
         bar.close()
     return rep
@@ -286,7 +352,7 @@ def _record_failure(
     if done is not None and done.get("status") in ("done", "diverged"):
         return done
     summary = _failed_summary(cfg, err)
-    run.write_error(traceback.format_exc())
+    run.write_error("".join(traceback.format_exception(err)))
     run.write_summary(summary)
     log(f"run {cfg.run_id()} ({cfg.name}) failed: {summary['error']}")
     return summary
@@ -332,9 +398,12 @@ def _run_locked(
     log: Callable[[str], None],
     terminal: tuple[str, ...],
 ) -> list[str]:
-    """Lock every run it can, then train those (together when group_fn is given)."""
+    """Lock every run it can, then train those (together when group_fn is given). Statuses
+    besides a summary's: 'locked' (another worker holds it), 'lost' (another worker took it
+    over while this one trained it), 'mismatch' (its directory holds a different run)."""
     statuses = ["locked"] * len(cfgs)
     mine: list[int] = []
+    locks: dict[int, store.RunLock] = {}
     with contextlib.ExitStack() as stack:
         for i, cfg in enumerate(cfgs):
             run = RunDir.of(results, cfg)
@@ -342,35 +411,68 @@ def _run_locked(
             if lock is None:
                 continue
             stack.enter_context(lock)
+            locks[i] = lock
             # Re-check under the lock: another worker may have finished it since we looked.
             status = run.status
             if status in terminal:
                 statuses[i] = status
                 continue
-            run.write_config(cfg)
+            if not run.is_run():  # never overwrite: train_fn's RunDir.claim compares it
+                run.write_config(cfg)
             mine.append(i)
         if not mine:
             return statuses
         todo = [cfgs[i] for i in mine]
         dirs = [RunDir.of(results, c) for c in todo]
+        outcomes: list[dict | Exception]
         if group_fn is not None and len(todo) > 1:
             try:
-                summaries = group_fn(todo, dirs, progress=False)
+                outcomes = list(group_fn(todo, dirs, progress=False))
             except Exception as e:  # a broken group must not stop the sweep
-                summaries = [_record_failure(c, d, e, log) for c, d in zip(todo, dirs)]
+                outcomes = [e] * len(todo)
         else:
-            summaries = []
+            outcomes = []
             for c, d in zip(todo, dirs):
                 try:
-                    summaries.append(train_fn(c, d, progress=False))
+                    outcomes.append(train_fn(c, d, progress=False))
                 except Exception as e:  # a broken run must not stop the sweep
-                    summaries.append(_record_failure(c, d, e, log))
-        for i, c, summary in zip(mine, todo, summaries):
-            rep.trained.append(c.run_id())
-            statuses[i] = (summary or {}).get("status", "done")
-            if statuses[i] == "diverged":
-                log(f"run {c.run_id()} ({c.name}) diverged; kept, sweep continues")
+                    outcomes.append(e)
+        for i, c, d, out in zip(mine, todo, dirs, outcomes):
+            statuses[i] = _settle(c, d, locks[i], out, rep, log)
     return statuses
+
+
+def _settle(
+    cfg: RunConfig,
+    run: RunDir,
+    lock: store.RunLock,
+    out: dict | Exception,
+    rep: SweepReport,
+    log: Callable[[str], None],
+) -> str:
+    """A trained run's status, recorded as this worker's only if it still holds the lock."""
+    tag = f"run {cfg.run_id()} ({cfg.name})"
+    if not lock.verify():
+        rep.taken_over.append(cfg.run_id())
+        log(
+            f"{tag}: another worker took its lock over while this one trained it (heartbeat "
+            f"lapsed past the lock timeout); left to that worker"
+        )
+        return "lost"
+    if isinstance(out, RunMismatch):
+        # In a group one mismatching directory stops its group-mates too; name the culprit.
+        who = "" if Path(out.path) == Path(run.path) else " (a group-mate's directory)"
+        log(
+            f"{tag} not trained: {out.path}{who} holds a different run "
+            f"({'; '.join(out.differences)}); move that directory aside or use another --results"
+        )
+        return "mismatch"
+    summary = _record_failure(cfg, run, out, log) if isinstance(out, Exception) else out
+    rep.trained.append(cfg.run_id())
+    status = (summary or {}).get("status", "done")
+    if status == "diverged":
+        log(f"{tag} diverged; kept, sweep continues")
+    return status
 
 
 # --- status table -----------------------------------------------------------------------------
@@ -381,7 +483,7 @@ def status_table(
     results: str | Path,
     *,
     convention: str = DEFAULT_CONVENTION,
-    lock_timeout: float = 300.0,
+    lock_timeout: float = store.DEFAULT_LOCK_TIMEOUT_S,
 ) -> list[dict]:
     """One row per run: id, name, N, tokens, steps, planned C, state, loss, notes."""
     rows = []

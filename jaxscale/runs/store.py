@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import tempfile
@@ -12,6 +13,8 @@ import uuid
 import warnings
 from pathlib import Path
 from typing import Any
+
+from jaxscale.config import ConfigError
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
@@ -123,7 +126,43 @@ def as_path(path: str | os.PathLike) -> Any:
 # --- per-run locks --------------------------------------------------------------------------
 
 LOCK_NAME = ".lock"
+DEFAULT_LOCK_TIMEOUT_S = 300.0
+# Shorter timeouts let a slow filesystem or a busy host lose a live lock to another worker.
+MIN_LOCK_TIMEOUT_S = 10.0
+HEARTBEATS_PER_TIMEOUT = 10
 _RECOVER_STALE_S = 60.0
+# The locks this process holds, by absolute run directory, so a run's writer can check its own.
+_HELD: dict[str, RunLock] = {}
+
+
+class LockLost(RuntimeError):
+    """Another worker took over a run lock this process held (its heartbeat lapsed)."""
+
+
+def heartbeat_for(timeout: float, heartbeat_s: float | None = None) -> float:
+    """The heartbeat interval for a lock timeout (timeout/10 unless given); ConfigError if the
+    pair would let other workers take over a live lock."""
+    if not (
+        isinstance(timeout, (int, float))
+        and math.isfinite(timeout)
+        and timeout >= MIN_LOCK_TIMEOUT_S
+    ):
+        raise ConfigError(
+            f"lock timeout {timeout!r} s is too short: use at least {MIN_LOCK_TIMEOUT_S:g} s "
+            f"(another worker takes a run over after that long without a heartbeat)"
+        )
+    hb = timeout / HEARTBEATS_PER_TIMEOUT if heartbeat_s is None else heartbeat_s
+    if not (hb > 0 and timeout >= 3 * hb):
+        raise ConfigError(
+            f"lock heartbeat {hb!r} s does not fit 3 times in the {timeout:g} s lock timeout; "
+            f"leave the heartbeat unset (timeout/{HEARTBEATS_PER_TIMEOUT})"
+        )
+    return hb
+
+
+def held_lock(run_dir: str | Path) -> RunLock | None:
+    """The lock this process holds on run_dir, or None."""
+    return _HELD.get(os.path.abspath(run_dir))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -180,7 +219,9 @@ class RunLock:
 
     Created with O_CREAT|O_EXCL so exactly one worker on a shared POSIX directory wins; a
     stale lock (dead pid on this host, or heartbeat older than `timeout` s) is recovered.
-    Use `RunLock.acquire(run_dir)`, which returns None if another live worker holds it.
+    Use `RunLock.acquire(run_dir)`, which returns None if another live worker holds it. If the
+    heartbeat lapses past the timeout another worker may take the run over: `lost` turns True
+    at the next heartbeat, `verify()` checks now, and `check()` raises LockLost.
     """
 
     def __init__(self, run_dir: Path, token: str, heartbeat_s: float) -> None:
@@ -196,19 +237,26 @@ class RunLock:
             "heartbeat": time.time(),
         }
         self._stop = threading.Event()
-        self._heartbeat_s = heartbeat_s
+        self.heartbeat_s = heartbeat_s
         self._thread: threading.Thread | None = None
 
     @classmethod
     def acquire(
-        cls, run_dir: str | Path, *, timeout: float = 300.0, heartbeat_s: float = 30.0
+        cls,
+        run_dir: str | Path,
+        *,
+        timeout: float = DEFAULT_LOCK_TIMEOUT_S,
+        heartbeat_s: float | None = None,
     ) -> RunLock | None:
-        """Claim run_dir, recovering a stale lock; None if a live worker holds it."""
+        """Claim run_dir, recovering a stale lock; None if a live worker holds it. The heartbeat
+        defaults to timeout/10; ConfigError for a timeout that is unsafe (see heartbeat_for)."""
+        heartbeat_s = heartbeat_for(timeout, heartbeat_s)
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = cls(run_dir, uuid.uuid4().hex, heartbeat_s)
         for _ in range(3):
             if lock._create():
+                _HELD[os.path.abspath(run_dir)] = lock
                 lock._start()
                 return lock
             info = lock_info(run_dir)
@@ -235,11 +283,13 @@ class RunLock:
         self._thread.start()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self._heartbeat_s):
+        while not self._stop.wait(self.heartbeat_s) and not self.lost:
             self.heartbeat()
 
     def heartbeat(self) -> None:
         """Refresh the timestamp, unless another worker has taken the lock over."""
+        if self.lost:
+            return  # never touch a lock file that now belongs to another worker
         info = lock_info(self.run_dir)
         if info is None or info.get("token") != self.token:
             self.lost = True
@@ -250,11 +300,27 @@ class RunLock:
         except FileNotFoundError:
             self.lost = True
 
+    def verify(self) -> bool:
+        """True if this worker still holds the lock (checked now, not at the last heartbeat)."""
+        self.heartbeat()
+        return not self.lost
+
+    def check(self) -> None:
+        """Raise LockLost if another worker has taken this run over."""
+        if not self.verify():
+            holder = lock_info(self.run_dir) or {}
+            raise LockLost(
+                f"{self.run_dir}: another worker ({holder.get('host')}:{holder.get('pid')}) took "
+                f"this run's lock over after its heartbeat lapsed; this worker stops writing to it"
+            )
+
     def release(self) -> None:
         """Stop the heartbeat and delete the lock file if it is still ours."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if _HELD.get(os.path.abspath(self.run_dir)) is self:
+            del _HELD[os.path.abspath(self.run_dir)]
         info = lock_info(self.run_dir)
         if info is not None and info.get("token") == self.token:
             self.path.unlink(missing_ok=True)

@@ -4,13 +4,15 @@ A study is a Python file exposing ``runs(setting="default") -> list[RunConfig]``
 NAME, DESCRIPTION, SETTINGS and CONVENTION. Study files are executed with the full rights of the
 caller, so jaxscale only ever executes a file whose path the user passed on the command line (or
 ``experiments/<name>.py`` under the current directory for a bare name); it never discovers or
-imports studies on its own.
+imports studies on its own. A broken study file (syntax error, failing import, an exception in
+runs(), runs() returning something other than RunConfigs) is a ConfigError naming file and line.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,12 +39,24 @@ class Study:
                 f"study {self.name!r} has no setting {setting!r}; "
                 f"choose one of {list(self.settings)}"
             )
-        runs = self.runs_fn(setting)
+        call = f"runs({setting!r})"
+        try:
+            runs = self.runs_fn(setting)
+        except (Exception, SystemExit) as e:
+            raise _broken(self.path, e, f"{call} raised", _def_line(self.runs_fn)) from e
+        where = f"{_at(self.path, _def_line(self.runs_fn))}: {call}"
         if not isinstance(runs, (list, tuple)) or not runs:
-            raise ConfigError(f"{self.path}: runs({setting!r}) must return a non-empty list")
-        bad = [type(r).__name__ for r in runs if not isinstance(r, RunConfig)]
+            empty = "an empty " if isinstance(runs, (list, tuple)) else "a "
+            raise ConfigError(
+                f"{where} must return a non-empty list of RunConfig, got {empty}"
+                f"{type(runs).__name__}"
+            )
+        bad = [(i, type(r).__name__) for i, r in enumerate(runs) if not isinstance(r, RunConfig)]
         if bad:
-            raise ConfigError(f"{self.path}: runs() returned non-RunConfig items ({bad[0]})")
+            raise ConfigError(
+                f"{where} must return RunConfig items; item {bad[0][0]} is a {bad[0][1]} "
+                f"({len(bad)} of {len(runs)} are not RunConfig)"
+            )
         return dedupe(runs)
 
     def default_results(self, setting: str = "default") -> Path:
@@ -74,7 +88,11 @@ def load_study(study: str | Path) -> Study:
         raise ConfigError(f"cannot load study file {str(path)!r}")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[modname] = mod
-    spec.loader.exec_module(mod)
+    try:
+        spec.loader.exec_module(mod)
+    except (Exception, SystemExit) as e:
+        sys.modules.pop(modname, None)
+        raise _broken(path, e, "failed to load", None) from e
     fn = getattr(mod, "runs", None)
     if not callable(fn):
         raise ConfigError(
@@ -90,3 +108,30 @@ def load_study(study: str | Path) -> Study:
         convention=str(getattr(mod, "CONVENTION", DEFAULT_CONVENTION)),
         runs_fn=fn,
     )
+
+
+def _def_line(fn: Callable) -> int | None:
+    code = getattr(fn, "__code__", None)
+    return code.co_firstlineno if code is not None else None
+
+
+def _broken(path: Path, err: BaseException, what: str, fallback: int | None) -> ConfigError:
+    """One line naming the study file, the line in it where err arose, and err."""
+    here = path.resolve()
+    frames = [
+        f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename).resolve() == here
+    ]
+    line = frames[-1].lineno if frames else fallback
+    if isinstance(err, SyntaxError):
+        if err.filename and Path(err.filename).resolve() == here:
+            line = err.lineno
+            detail = f"SyntaxError: {err.msg}"
+        else:  # in a module the study imports
+            detail = f"SyntaxError in {err.filename}:{err.lineno}: {err.msg}"
+    else:
+        detail = f"{type(err).__name__}: {' '.join(str(err).split())}"
+    return ConfigError(f"{_at(path, line)}: study {what}: {detail}")
+
+
+def _at(path: Path, line: int | None) -> str:
+    return f"{path}:{line}" if line is not None else str(path)
