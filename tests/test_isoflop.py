@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxscale.analysis import isoflop
+from jaxscale.analysis.fit import varpro
 
 # Hoffmann et al. 2022 approach-3 fit; N_opt = G (C/6)^a with a = β/(α+β) (their eq. 4).
 E, A, B, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
@@ -69,7 +70,7 @@ def test_best_run_at_an_edge_is_not_bracketed_and_names_the_side():
 def test_two_vertices_are_refused_unless_forced():
     cols = _surface([1.2, 0.0, 0.0, 1.2, 1.2], n=7, half_width=0.9)
     ps = isoflop.fit_profiles(*cols, noise_sd=1e-3)
-    with pytest.raises(isoflop.ApproachTwoError, match="needs 3.*extend smaller"):
+    with pytest.raises(isoflop.ApproachTwoError, match="needs 3.*train smaller sizes"):
         isoflop.exponent(ps)
     with pytest.warns(UserWarning, match="forced"):
         assert isoflop.exponent(ps, force=True).n_vertices == 2
@@ -81,3 +82,72 @@ def test_no_residual_dof_means_no_interval_not_a_tight_one():
     assert all(math.isnan(v) for p in ps for v in p.interval())
     e = isoflop.exponent(ps)
     assert math.isfinite(e.value) and math.isnan(e.lo) and math.isnan(e.hi)
+
+
+def test_parabola_vertex_interval_covers_at_its_stated_rate():
+    rng = np.random.default_rng(1)
+    x = np.linspace(4.0, 6.0, 7)  # log10 N
+    truth, hits = 5.3, 0
+    for _ in range(300):
+        fit = isoflop.fit_parabola(x, 3.0 + 0.4 * (x - truth) ** 2 + rng.normal(0, 0.01, x.size))
+        lo, hi = fit.vertex_interval()
+        hits += lo <= truth <= hi
+    assert 0.85 <= hits / 300 <= 0.95  # 90% Student-t interval on 4 residual dof
+
+
+def _planted(cols):
+    """The varpro fit of a planted surface's own points (exact: no noise)."""
+    budget, logN, loss, logD = (np.asarray(c) for c in cols)
+    return varpro.fit_varpro(10**logN, 10**logD, loss)
+
+
+def test_bias_check_predicts_the_global_parabolas_bias_on_a_drifting_grid():
+    cols = _surface(0.6 - 0.3 * np.arange(5))
+    surface = _planted(cols)
+    wide = isoflop.fit_profiles(*cols, window=15, noise_sd=1e-3)
+    observed = isoflop.exponent(wide)
+    check = isoflop.expected_bias(wide, surface, observed, window=15)
+    # The data are the surface, so Approach 2 on the surface is the observed estimate exactly.
+    assert check.simulated_a == pytest.approx(observed.value, abs=1e-6)
+    assert check.bias == pytest.approx(observed.value - A_TRUE, abs=1e-6)
+    assert abs(check.convention_tilt) < 1e-4  # C = 6ND exactly: all of it is the method's
+    assert check.significant and "WARNING" in check.describe()
+    narrow = isoflop.fit_profiles(*cols, noise_sd=1e-3)
+    small = isoflop.expected_bias(narrow, surface, isoflop.exponent(narrow))
+    assert abs(small.bias) < 1e-3 and abs(small.bias) < abs(check.bias) / 5
+
+
+def _exp(value, lo, hi, n=4):
+    return isoflop.Exponent("N", value, lo, hi, 0.9, n, np.empty(0))
+
+
+def _bias(b, half_width):
+    return isoflop.BiasCheck(0.45, 0.45, 0.45 + b, half_width, 4)
+
+
+@pytest.mark.parametrize(
+    ("a2", "a3_ok", "bias", "agree", "trust"),
+    [
+        (_exp(0.50, 0.45, 0.55), True, None, True, "both"),
+        (_exp(0.50, 0.45, 0.55), True, _bias(0.08, 0.05), True, "Approach 3"),
+        (_exp(0.60, 0.57, 0.63), True, _bias(0.12, 0.03), False, "Approach 3"),
+        (_exp(0.60, 0.57, 0.63), False, None, False, "Approach 2"),
+        (_exp(0.60, 0.57, 0.63), True, _bias(0.0, 0.03), False, "neither"),
+        (None, True, None, None, "Approach 3"),
+    ],
+)
+def test_reconcile_says_which_approach_to_trust_and_why(a2, a3_ok, bias, agree, trust):
+    r = isoflop.reconcile(
+        a2,
+        (0.40, 0.47, 0.54),
+        a2_refusal=None if a2 else "2 bracketed isoFLOP vertices; an exponent needs 3",
+        a3_ok=a3_ok,
+        a3_problems=() if a3_ok else ("r_hat 1.2",),
+        varpro_a=0.46,
+        bias=bias,
+    )
+    assert (r.agree, r.trust) == (agree, trust)
+    text = r.describe()
+    assert "nan" not in text and "0.470 [0.400, 0.540] (90%)" in text and "0.460" in text
+    if a2 is None:
+        assert "needs 3" in text

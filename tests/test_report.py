@@ -17,7 +17,8 @@ E, A, B, ALPHA, BETA = 1.8, 400.0, 1600.0, 0.35, 0.35
 def _planted_store(root):
     rng = np.random.default_rng(0)
     shapes = [(16, 1), (32, 1), (32, 2), (48, 2), (64, 2), (64, 4)]
-    for budget in (1e12, 1e13, 1e14):
+    # Budgets whose optima (3e4-1e5 parameters) lie inside the shapes: every profile brackets.
+    for budget in (3e11, 1e12, 3e12):
         for w, d in shapes:
             mc = ModelConfig.from_width_depth(w, d, head_dim=16, context_length=64)
             n = mc.n_params_nonembedding
@@ -56,8 +57,22 @@ def test_report_has_every_section_and_recovers_the_planted_allocation(tmp_path, 
     out = capsys.readouterr().out
     assert code == 0
     page = (tmp_path / "res" / "report" / "report.html").read_text()
-    for title in ("Runs", "Frontier", "Scaling-law fit", "Compute-optimal allocation"):
+    for title in (
+        "Runs",
+        "Frontier",
+        "Scaling-law fit",
+        "Compute-optimal allocation",
+        "Approach 2 vs Approach 3",
+    ):
         assert f">{title}" in page
+    assert not re.search(r"\bnan\b", out + page, re.I)  # C^nan never again
+    # Approach 2 gives its exponent with a 90% interval, and the report sets it beside the fit's.
+    a2 = re.search(
+        r"Approach 2 \(isoFLOP vertices.*?a = ([0-9.]+) \[([0-9.]+), ([0-9.]+)\] \(90%\)", out
+    )
+    assert a2, out
+    assert float(a2.group(2)) <= float(a2.group(1)) <= float(a2.group(3))
+    assert re.search(r"a: Approach 2 .* vs Approach 3 .*: (agree|DISAGREE); trust ", out), out
     imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(imgs) >= 5
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)

@@ -484,7 +484,7 @@ def gns_table(runs_df: Any, curves_df: Any) -> Any:
 
 
 def analyse(
-    results: str | Path,
+    results: str | Path | tuple[pd.DataFrame, pd.DataFrame],
     *,
     targets: Sequence[float] | None = None,
     n_targets: int = 4,
@@ -496,11 +496,12 @@ def analyse(
     draws: int = 500,
     seed: int = 0,
 ) -> CriticalBatch:
-    """Load a batch sweep, find S and E per target loss, fit hyperbolas and B_crit(L)."""
+    """Load a batch sweep (a results directory or its (runs_df, curves_df)), find S and E per
+    target loss, fit hyperbolas and B_crit(L)."""
 
     if loss not in LOSS_KINDS:
         raise ValueError(f"loss: choose one of {list(LOSS_KINDS)}, got {loss!r}")
-    runs_df, curves_df = R.load(results)
+    runs_df, curves_df = results if isinstance(results, tuple) else R.load(results)
     runs_df = batch_runs(runs_df)
     T = int(runs_df["model.context_length"].iloc[0])
     if targets is None:

@@ -22,15 +22,17 @@ import numpy as np
 import pandas as pd
 
 from jaxscale.analysis import plotting
-from jaxscale.analysis.frontier import Parabola, fit_parabola
+from jaxscale.analysis.isoflop import LEVEL, Parabola, fit_parabola
 from jaxscale.runs import results as results_lib
 from jaxscale.runs import store
+
+Z90 = 1.6448536269514722  # standard normal 95% quantile: a two-sided 90% interval
 
 
 @dataclass(frozen=True)
 class LRFit(Parabola):
     """Parabola loss = a u² + b u + c, u = log10 LR - x0, on the basin points of one group;
-    vertex and its delta-method SE come from frontier.Parabola."""
+    vertex and its delta-method SE come from isoflop.Parabola."""
 
     lo: float  # fitted range of log10 LR
     hi: float
@@ -70,7 +72,7 @@ def fit_lr_parabola(lr: Sequence[float], loss: Sequence[float], half_window: int
 
 def _parabola(xs: np.ndarray, ys: np.ndarray) -> LRFit:
     p = fit_parabola(xs, ys)
-    return LRFit(p.a, p.b, p.c, p.x0, p.cov, p.dof, float(xs.min()), float(xs.max()))
+    return LRFit(**vars(p), lo=float(xs.min()), hi=float(xs.max()))
 
 
 def _wls_slope(x: np.ndarray, y: np.ndarray, se: np.ndarray) -> tuple[float, float, float]:
@@ -207,10 +209,16 @@ def analyse_points(points: pd.DataFrame, *, tol: float = 0.01, half_window: int 
     return LRStudy(pts, opt, fits, drift_N, drift_B, tol)
 
 
-def analyse(results: str | Path, *, tol: float = 0.01, half_window: int = 2) -> LRStudy:
-    """LR study of every run in a results directory (final eval loss vs train.lr)."""
+def analyse(
+    results: str | Path | tuple[pd.DataFrame, pd.DataFrame],
+    *,
+    tol: float = 0.01,
+    half_window: int = 2,
+) -> LRStudy:
+    """LR study of the runs of a results directory or (runs_df, curves_df): final eval loss vs
+    train.lr."""
 
-    runs, _ = results_lib.load(results)
+    runs, _ = results if isinstance(results, tuple) else results_lib.load(results)
     if not len(runs) or "train.lr" not in runs:
         raise ValueError(f"no runs with a train.lr under {results}")
     runs = runs[runs["status"].isin(["done", "diverged"])]
@@ -247,15 +255,12 @@ def _plot(study: LRStudy, out: Path) -> list[Path]:
         ax.plot(gd["lr"], np.full(len(gd), ytop), "x", color=c)
         xs = np.linspace(f.lo, f.hi, 50)
         ax.plot(10**xs, f(xs), ls, color=c, lw=1, label=f"N={N:.3g} B={B}")
-        if math.isfinite(f.vertex):
-            se = f.vertex_se if math.isfinite(f.vertex_se) else 0.0
+        if _shown(f):
+            lo, hi = _clipped_interval(f)
             ax.errorbar(
                 [10**f.vertex],
                 [f.min_loss],
-                xerr=[
-                    [10**f.vertex - 10 ** (f.vertex - se)],
-                    [10 ** (f.vertex + se) - 10**f.vertex],
-                ],
+                xerr=[[10**f.vertex - 10**lo], [10**hi - 10**f.vertex]],
                 fmt="*",
                 ms=9,
                 color=c,
@@ -264,18 +269,19 @@ def _plot(study: LRStudy, out: Path) -> list[Path]:
         xscale="log",
         xlabel="peak learning rate",
         ylabel="final eval loss [nats/token]",
-        title="loss vs LR (★ fitted optimum ± 1 SE, × diverged)",
+        title=f"loss vs LR (★ fitted optimum, {LEVEL:.0%} interval within the LRs fitted; "
+        "× diverged)",
     )
     ax.legend(fontsize=7)
     for j, B in enumerate(Bs):
         o = opt[(opt["B"] == B) & np.isfinite(opt["log10_lr_opt"])]
+        fs = [study.fits[(int(n), int(B))] for n in o["N"]]
+        o = o[[_shown(f) for f in fs]]
+        iv = np.array([_clipped_interval(f) for f in fs if _shown(f)]).reshape(-1, 2).T
         bx.errorbar(
             o["N"],
             o["lr_opt"],
-            yerr=[
-                o["lr_opt"] - 10 ** (o["log10_lr_opt"] - o["log10_lr_opt_se"].fillna(0)),
-                10 ** (o["log10_lr_opt"] + o["log10_lr_opt_se"].fillna(0)) - o["lr_opt"],
-            ],
+            yerr=[o["lr_opt"] - 10 ** iv[0], 10 ** iv[1] - o["lr_opt"]],
             fmt="os^v"[j % 4],
             color=f"C{j}",
             label=f"B={B}",
@@ -289,7 +295,9 @@ def _plot(study: LRStudy, out: Path) -> list[Path]:
             10 ** (d["log10_coef"] + d["exponent"] * np.log10(ns)),
             "k--",
             lw=1,
-            label=f"LR* ∝ N^{d['exponent']:.2f}±{d['exponent_se']:.2f}",
+            # 90% like every interval the kit draws: ±1.645 SE of the weighted slope.
+            label=f"LR* ∝ N^{d['exponent']:.2f} [{d['exponent'] - Z90 * d['exponent_se']:.2f}, "
+            f"{d['exponent'] + Z90 * d['exponent_se']:.2f}] (90%)",
         )
     bx.set(
         xscale="log",
@@ -301,6 +309,20 @@ def _plot(study: LRStudy, out: Path) -> list[Path]:
     bx.legend(fontsize=7)
     fig.tight_layout()
     return plotting.save_figure(fig, out / "lr")
+
+
+def _shown(f: LRFit) -> bool:
+    """A vertex within half a decade of the LRs fitted: farther ones only say 'that way'."""
+    return math.isfinite(f.vertex) and f.lo - 0.5 <= f.vertex <= f.hi + 0.5
+
+
+def _clipped_interval(f: LRFit) -> tuple[float, float]:
+    """The vertex's 90% interval cut to the LRs fitted (an undefined side drawn as the whole
+    range), so one ill-determined optimum cannot stretch the axes over many decades."""
+    a, b = f.vertex_interval(LEVEL)
+    a = max(a, f.lo) if math.isfinite(a) else f.lo
+    b = min(b, f.hi) if math.isfinite(b) else f.hi
+    return min(a, f.vertex), max(b, f.vertex)
 
 
 def _describe(study: LRStudy) -> str:

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,11 +184,17 @@ def _f(v: Any) -> float | None:
 
 
 def position_study(
-    path: str | os.PathLike, eval_set: str = "stdlib", t_min: int = 2
+    path: str | os.PathLike,
+    eval_set: str = "stdlib",
+    t_min: int = 2,
+    run_ids: Collection[str] | None = None,
 ) -> PositionStudy:
-    """Fit L(t) per run from eval.json (falling back to training's final eval_loss_by_pos)."""
+    """Fit L(t) per run from eval.json (falling back to training's final eval_loss_by_pos);
+    only run_ids, when given (one study's runs)."""
     rows, curves, source = [], {}, ""
     for d in run_dirs(path, require=True):
+        if run_ids is not None and d.name not in run_ids:
+            continue
         ev = d.read_eval() or {}
         entry = ev.get("sets", {}).get(eval_set)
         se = None

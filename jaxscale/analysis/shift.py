@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,10 +183,16 @@ class ShiftStudy:
 
 
 def analyse(
-    path: str | Path, reference: str = "stdlib", sets: Sequence[str] | None = None
+    path: str | Path,
+    reference: str = "stdlib",
+    sets: Sequence[str] | None = None,
+    run_ids: Collection[str] | None = None,
 ) -> ShiftStudy:
-    """Offsets of every other evaluated set against `reference` across the runs under path."""
+    """Offsets of every other evaluated set against `reference` across the runs under path
+    (only run_ids, when given: one study's runs)."""
     t = shift_table(path)
+    if run_ids is not None:
+        t = t[t["run_id"].isin(run_ids)].reset_index(drop=True)
     have = [c[5:] for c in t.columns if c.startswith("loss_")]
     if reference not in have:
         raise ValueError(

@@ -24,6 +24,7 @@ from jaxscale.config import (
     parse_overrides,
 )
 from jaxscale.core import cache, train
+from jaxscale.runs import selection
 from jaxscale.runs.rundir import RunDir
 from jaxscale.runs.runner import run_sweep
 from jaxscale.runs.study import load_study
@@ -102,6 +103,8 @@ def _cmd_study(args: argparse.Namespace, extra: Sequence[str]) -> int:
     conv = args.convention or study.convention
     results = args.results or str(study.default_results(args.setting))
     print(f"jaxscale study {study.name} [{args.setting}]: {len(runs)} runs -> {results}")
+    # Analyses of this directory then read these runs, not others left there (issue 15).
+    selection.write_record(results, study, args.setting, runs)
     # A failed run (an exception, not divergence) is retried: rerunning a study is the fix.
     rep = run_sweep(
         runs, results, progress=not args.no_progress, convention=conv, retry_failed=True
@@ -116,7 +119,12 @@ def _cmd_study(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if args.no_report:
         return rep.exit_code
     path, lines = report.build_report(
-        results, convention=conv, fit_draws=args.fit_draws, fit_warmup=args.fit_draws
+        results,
+        convention=conv,
+        fit_draws=args.fit_draws,
+        fit_warmup=args.fit_draws,
+        study=args.study,
+        setting=args.setting,
     )
     for line in lines:
         print("  " + line)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxscale.analysis import critical_batch
+from jaxscale.cli import studyargs
 
 
 def _losses(text: str) -> list[float]:
@@ -59,6 +60,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--out", default=None, help="output directory (default RESULTS/critical_batch)")
     p.add_argument("--no-plots", action="store_true", help="write tables and JSON only")
+    studyargs.add_arguments(p)
     return p
 
 
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.n_targets < 1:
         raise ValueError(f"--n-targets must be >= 1, got {args.n_targets}")
     cb = critical_batch.analyse(
-        args.results,
+        studyargs.load(args, args.results),
         targets=args.targets,
         n_targets=args.n_targets,
         loss=args.loss,

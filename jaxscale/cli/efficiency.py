@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxscale.analysis import sample_efficiency
+from jaxscale.cli import studyargs
 
 
 def _floats(s: str | None) -> list[float] | None:
@@ -41,13 +42,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="curve fitted by L(N, S): smoothed train loss (dense) or eval points",
     )
     p.add_argument("--out", default=None, help="output directory (default <results>/analyses)")
+    studyargs.add_arguments(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `jaxscale efficiency`."""
-    study = sample_efficiency.analyse(
-        args.results,
+    study = sample_efficiency.analyse_frames(
+        *studyargs.load(args, args.results),
         targets=_floats(args.targets),
         fractions=_floats(args.fractions) or sample_efficiency.DEFAULT_FRACTIONS,
         loss=args.loss,

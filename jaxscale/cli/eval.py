@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from jaxscale.analysis.position import describe_position, position_study, save_position
+from jaxscale.cli import studyargs
 from jaxscale.core.evaluate import DEFAULT_SETS, MIN_EVAL_SEQUENCES, evaluate_run
-from jaxscale.runs.rundir import EVAL, run_dirs
+from jaxscale.runs.rundir import EVAL, RunDir, run_dirs
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -55,6 +56,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default=None, help="directory for position plots (default <path>/analyses)"
     )
+    studyargs.add_arguments(p)
     return p
 
 
@@ -66,7 +68,12 @@ def run(args: argparse.Namespace) -> int:
     if args.batches is not None and args.batches < 2:
         raise ValueError(f"--batches must be >= 2 (for a standard error), got {args.batches}")
     done = 0
-    for d in run_dirs(args.path, require=True):
+    dirs = run_dirs(args.path, require=True)
+    # One run directory is evaluated as named; a results directory, by study (issue 15).
+    run_ids = None if RunDir(args.path).is_run() else studyargs.select(args, args.path).run_ids
+    for d in dirs:
+        if run_ids is not None and d.name not in run_ids:
+            continue
         summ = d.read_summary() or {}
         if summ.get("status") in ("diverged", "failed"):
             print(f"{d.name}: skipped ({summ['status']})")
@@ -96,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote {EVAL} in {done} run director{'y' if done == 1 else 'ies'}")
     if args.per_position:
-        study = position_study(args.path, sets[0])
+        study = position_study(args.path, sets[0], run_ids=run_ids)
         out = Path(args.out) if args.out else Path(args.path) / "analyses"
         written = save_position(study, out)
         print(describe_position(study))

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from jaxscale.analysis import fit as F
+from jaxscale.cli import studyargs
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -64,12 +65,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="drop the k highest-loss points first (Besiroglu 2024 drops 5)",
     )
     p.add_argument("--no-plots", action="store_true", help="with --out: skip the PNG/SVG plots")
+    studyargs.add_arguments(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `jaxscale fit`; 1 if the fit failed its diagnostics."""
-    df = F.load_fit_data(args.source, flops_convention=args.flops_convention)
+    run_ids = (
+        studyargs.select(args, args.source).run_ids
+        if studyargs.check_directory(args, args.source)
+        else None
+    )
+    df = F.load_fit_data(args.source, flops_convention=args.flops_convention, run_ids=run_ids)
     if args.drop_highest:
         df = df.sort_values("loss").iloc[: max(0, len(df) - args.drop_highest)]
     res = F.fit(

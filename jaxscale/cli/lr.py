@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxscale.analysis import lr_sensitivity
+from jaxscale.cli import studyargs
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -15,7 +16,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "lr",
         help="learning-rate sensitivity: loss vs LR per size, optimum and drift with N, B",
         description="Fits a parabola in log10 LR per (model size, batch size) around the best "
-        "LR (Kaplan 2020 App. D.6), reports the optimum ± SE, the basin width and the "
+        "LR (Kaplan 2020 App. D.6), reports the optimum and its SE, the basin width and the "
         "optimum's drift with N and B.",
     )
     p.add_argument("results", help="results directory of an LR sweep (e.g. experiments/lr.py)")
@@ -32,6 +33,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="grid neighbours each side of the best LR used in the parabola",
     )
     p.add_argument("--out", default=None, help="output directory (default <results>/analyses)")
+    studyargs.add_arguments(p)
     return p
 
 
@@ -41,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--tol must be > 0, got {args.tol}")
     if args.window < 1:
         raise ValueError(f"--window must be >= 1, got {args.window}")
-    study = lr_sensitivity.analyse(args.results, tol=args.tol, half_window=args.window)
+    study = lr_sensitivity.analyse(
+        studyargs.load(args, args.results), tol=args.tol, half_window=args.window
+    )
     out = Path(args.out) if args.out else Path(args.results) / "analyses"
     written = study.save(out)
     print(study.describe())

@@ -10,12 +10,15 @@ import math
 import time
 import traceback
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jaxscale.analysis import fit, frontier
+from jaxscale.analysis import fit, frontier, isoflop
+from jaxscale.cli import studyargs
 from jaxscale.runs import results as results_lib
+from jaxscale.runs import selection
 
 RUN_COLUMNS = [
     "run_id",
@@ -39,6 +42,7 @@ class Section:
     title: str
     body: str
     headline: list[str] = field(default_factory=list)
+    result: Any = None  # the analysis behind it, for sections that compare analyses
 
 
 def _img(path: Path) -> str:
@@ -47,9 +51,11 @@ def _img(path: Path) -> str:
 
 
 def _table(df: Any, floatfmt: str = "{:.4g}") -> str:
-    return df.to_html(
+    # Every row and column, in a box that scrolls sideways rather than eliding with "…".
+    html_table = df.to_html(
         index=True, border=0, classes="t", float_format=lambda x: floatfmt.format(x), na_rep="–"
     )
+    return f"<div class='scroll'>{html_table}</div>"
 
 
 def _q(v: dict[str, float], fmt: str = "{:.3g}") -> str:
@@ -66,34 +72,107 @@ def runs_section(runs_df: Any) -> Section:
     return Section("Runs", body, [f"{len(runs_df)} runs ({text})"])
 
 
-def frontier_section(dfs: tuple, out: Path, convention: str) -> Section:
-
-    fr = frontier.analyse(dfs, convention)
+def frontier_section(fr: frontier.Frontier, out: Path) -> Section:
+    """Envelope, isoFLOP profiles and the Approach 2 exponents with intervals or the refusal."""
     paths = fr.save(out / "frontier")
     pngs = [p for p in paths if p.suffix == ".png"]
-    ex = fr.exponents()
-    lines = []
-    if math.isfinite(ex.get("a", math.nan)):
-        lines.append(
-            f"isoFLOP vertices: N_opt ∝ C^{ex['a']:.3f}, D_opt ∝ C^{ex['b']:.3f} "
-            f"({convention} FLOPs; Hoffmann 2022 approach 2)"
-        )
+    line = fr.exponent_line()
+    warn = fr.warnings()
+    if fr.bias is not None and not fr.bias.significant:
+        warn_html = f"<p>{html.escape(fr.bias.describe())}.</p>"
+    else:
+        warn_html = ""
+    warn_html += "".join(f"<div class='warn'>{html.escape(w)}</div>" for w in warn)
+    shown = fr.optima[[c for c in frontier.SHOWN_COLUMNS if c in fr.optima]].copy()
+    shown["budget"] = [f"{b:.3g}" for b in shown["budget"]]
     body = (
-        f"<p>Loss vs compute under the <code>{convention}</code> convention: every run's curve, "
-        "the lower envelope (Kaplan 2020's L(C_min)), and per-budget parabolas in log N whose "
-        "vertices give N_opt(C) (Hoffmann 2022 approach 2).</p>"
+        f"<p>Loss vs compute with C in {html.escape(fr.c_text)} and N = {fr.n_label}: every "
+        "run's curve, the lower envelope (Kaplan 2020's L(C_min)), and per-budget parabolas in "
+        f"log N through the {fr.window} sizes nearest each budget's best run, whose vertices give "
+        "N_opt(C) (Hoffmann 2022 approach 2). A vertex counts only when the best run has a "
+        "smaller and a larger neighbour; intervals are 90% bootstrap intervals.</p>"
         + "".join(_img(p) for p in pngs)
-        + (_table(fr.optima) if len(fr.optima) else "<p>No isoFLOP groups in these runs.</p>")
-        + "".join(f"<p><b>{html.escape(line)}</b></p>" for line in lines)
+        + (
+            _table(shown.set_index("budget"))
+            if len(shown)
+            else "<p>No budget has 3 or more finished sizes: no isoFLOP profiles.</p>"
+        )
+        + f"<p><b>{html.escape(line)}</b></p>"
+        + warn_html
     )
-    return Section("Frontier", body, lines)
+    return Section("Frontier", body, [line], result=fr)
+
+
+def reconcile_section(fr: frontier.Frontier | None, res: Any) -> Section:
+    """Approach 2 beside Approach 3: do the allocation exponents agree, and which to trust."""
+    if fr is None:
+        raise ValueError("the frontier section failed, so there is no Approach 2 to compare")
+    if res is None:
+        raise ValueError("the fit section failed, so there is no Approach 3 to compare")
+    a3 = fit.optimal_summary(res, float(fr.runs["C"].max()))["a"]
+    varpro_a = fr.surface.allocation_exponents()[0] if fr.surface is not None else math.nan
+    r = isoflop.reconcile(
+        fr.a,
+        (a3["q5"], a3["q50"], a3["q95"]),
+        a2_refusal=fr.refusal,
+        a3_ok=res.ok,
+        a3_problems=res.problems,
+        varpro_a=varpro_a if fr.surface_problem is None else math.nan,
+        bias=fr.bias,
+    )
+    a2_cell = str(fr.a) if fr.a is not None else f"none: {fr.refusal}"
+    rows = [
+        (
+            "Approach 2: isoFLOP vertices",
+            a2_cell,
+            f"{sum(p.bracketed for p in fr.profiles)} bracketed vertices of "
+            f"{len(fr.profiles)} profiles; C in {fr.c_text}",
+        ),
+        (
+            "Approach 3: Bayesian fit of L(N, D)",
+            f"{a3['q50']:.3f} [{a3['q5']:.3f}, {a3['q95']:.3f}] (90%)",
+            f"{res.loss.size} runs; diagnostics {'OK' if res.ok else 'FAILED'}",
+        ),
+        (
+            "Approach 3: least squares (variable projection)",
+            f"{varpro_a:.3f} (point estimate)" if math.isfinite(varpro_a) else "–",
+            fr.surface_problem or "same runs; no interval",
+        ),
+    ]
+    table = "".join(
+        f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td><td>{html.escape(c)}</td></tr>"
+        for a, b, c in rows
+    )
+    verdict = {True: "agree", False: "DISAGREE", None: "cannot be compared"}[r.agree]
+    headline = (
+        f"a: Approach 2 {fr.a if fr.a is not None else 'gives none'} vs Approach 3 "
+        f"{a3['q50']:.3f} [{a3['q5']:.3f}, {a3['q95']:.3f}] (90%): {verdict}; trust {r.trust}"
+    )
+    body = (
+        "<p>The exponent a of N_opt ∝ C^a by two routes (Hoffmann 2022 §3.2 and §3.3): "
+        "profile vertices, which assume nothing about the form of L(N, D) but only see the "
+        "budgets trained, and a fit of L = E + A/N^α + B/D^β, a = β/(α+β), which assumes the "
+        "form.</p><div class='scroll'><table class='t'><tr><th>route</th><th>a</th>"
+        f"<th>based on</th></tr>{table}</table></div>"
+        + "".join(f"<p>{html.escape(x)}</p>" for x in r.reasons)
+        + f"<p><b>Verdict: they {verdict}; trust {html.escape(r.trust)}.</b></p>"
+    )
+    return Section("Approach 2 vs Approach 3", body, [headline], result=r)
 
 
 def fit_section(
-    results: Path, out: Path, convention: str, *, draws: int, warmup: int, chains: int, seed: int
+    results: Path,
+    out: Path,
+    convention: str,
+    *,
+    draws: int,
+    warmup: int,
+    chains: int,
+    seed: int,
+    run_ids: Collection[str] | None = None,
 ) -> Section:
 
-    df = fit.load_fit_data(results, flops_convention=convention)
+    df = fit.load_fit_data(results, flops_convention=convention, run_ids=run_ids)
     res = fit.fit(df, "chinchilla", chains=chains, warmup=warmup, draws=draws, seed=seed)
     c_max = float(df["C"].max()) if "C" in df else float((6 * df["N"] * df["D"]).max())
     targets = [10 * c_max, 100 * c_max]
@@ -126,7 +205,7 @@ def fit_section(
         "only as good as the functional form; read the band, not the point.</p>"
         + "".join(_img(p) for p in paths if p.suffix == ".png")
     )
-    return Section("Scaling-law fit", body, lines)
+    return Section("Scaling-law fit", body, lines, result=res)
 
 
 CSS = """
@@ -136,6 +215,8 @@ img{max-width:100%;margin:.5em 0;border:1px solid #eee}
 table.t{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 table.t td,table.t th{padding:.2em .6em;border-bottom:1px solid #eee;text-align:right}
 .err{background:#fff3f3;border-left:4px solid #c00;padding:.5em 1em;white-space:pre-wrap}
+.warn{background:#fffbe6;border-left:4px solid #d90;padding:.3em 1em;margin:.3em 0}
+.scroll{overflow-x:auto;max-width:100%}
 """
 
 
@@ -148,19 +229,37 @@ def build_report(
     fit_warmup: int = 1000,
     fit_chains: int = 4,
     seed: int = 0,
-    sections: tuple[str, ...] = ("runs", "frontier", "fit"),
+    sections: tuple[str, ...] = ("runs", "frontier", "fit", "reconcile"),
+    study: str | Path | None = None,
+    setting: str = "default",
+    all_runs: bool = False,
 ) -> tuple[Path, list[str]]:
-    """Write <out>/report.html (images inlined) and return it with the headline lines."""
+    """Write <out>/report.html (images inlined) and return it with the headline lines.
+
+    The runs reported are `study`'s, else those of the study recorded in the results directory,
+    else all of them (runs.selection); the first headline says which and what was left out.
+    """
 
     results = Path(results)
     dfs = results_lib.load(results)
     if not len(dfs[0]):
         raise ValueError(f"{results}: no runs found (expected <results>/<run_id>/summary.json)")
+    sel = selection.select(
+        results,
+        list(dfs[0]["run_id"]),
+        study=study,
+        setting=setting,
+        all_runs=all_runs,
+        runs_df=dfs[0],
+    )
+    dfs = sel.frames(dfs)
+    if not len(dfs[0]):
+        raise ValueError(f"{results}: none of the selected runs are there ({sel.note})")
     out = Path(out) if out is not None else results / "report"
     out.mkdir(parents=True, exist_ok=True)
     builders = {
         "runs": lambda: runs_section(dfs[0]),
-        "frontier": lambda: frontier_section(dfs, out, convention),
+        "frontier": lambda: frontier_section(frontier.analyse(dfs, convention), out),
         "fit": lambda: fit_section(
             results,
             out,
@@ -169,9 +268,16 @@ def build_report(
             warmup=fit_warmup,
             chains=fit_chains,
             seed=seed,
+            run_ids=sel.run_ids,
+        ),
+        # Compares what the frontier and fit sections computed (None where they failed).
+        "reconcile": lambda: reconcile_section(
+            next((s.result for s in built if isinstance(s.result, frontier.Frontier)), None),
+            next((s.result for s in built if isinstance(s.result, fit.FitResult)), None),
         ),
     }
     built: list[Section] = []
+
     for name in sections:
         try:
             built.append(builders[name]())
@@ -189,13 +295,13 @@ def build_report(
         f"{html.escape(results.name)}</title><style>{CSS}</style></head><body>"
         f"<h1>Scaling study: {html.escape(results.name)}</h1>"
         f"<p>Results directory <code>{html.escape(str(results))}</code>; generated {stamp} by "
-        "jaxscale.</p>"
+        f"jaxscale. Runs: {html.escape(sel.note)}.</p>"
         + "".join(f"<h2>{html.escape(s.title)}</h2>{s.body}" for s in built)
         + "</body></html>"
     )
     path = out / "report.html"
     path.write_text(page)
-    headlines = [line for s in built for line in s.headline]
+    headlines = [f"runs: {sel.note}"] + [line for s in built for line in s.headline]
     (out / "headlines.json").write_text(json.dumps(headlines, indent=2))
     return path, headlines
 
@@ -214,6 +320,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--fit-draws", type=int, default=1000, help="NUTS draws per chain")
     p.add_argument("--fit-warmup", type=int, default=1000, help="NUTS warmup per chain")
     p.add_argument("--seed", type=int, default=0, help="random seed of the fit")
+    studyargs.add_arguments(p)
     return p
 
 
@@ -226,6 +333,9 @@ def run(args: argparse.Namespace) -> int:
         fit_draws=args.fit_draws,
         fit_warmup=args.fit_warmup,
         seed=args.seed,
+        study=args.study,
+        setting=args.setting,
+        all_runs=args.all_runs,
     )
     for line in lines:
         print(line)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxscale.analysis import shift
+from jaxscale.cli import studyargs
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -21,13 +22,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--reference", default="stdlib", help="in-distribution set (default stdlib)")
     p.add_argument("--sets", default=None, help="OOD sets to analyse (default: all evaluated)")
     p.add_argument("--out", default=None, help="output directory (default <results>/analyses)")
+    studyargs.add_arguments(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `jaxscale shift`."""
     sets = [s.strip() for s in args.sets.split(",")] if args.sets else None
-    study = shift.analyse(args.results, args.reference, sets)
+    sel = studyargs.select(args, args.results)
+    study = shift.analyse(args.results, args.reference, sets, run_ids=sel.run_ids)
     out = Path(args.out) if args.out else Path(args.results) / "analyses"
     written = study.save(out)
     print(study.describe())

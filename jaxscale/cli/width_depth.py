@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from jaxscale.analysis import width_depth
+from jaxscale.cli import studyargs
 from jaxscale.config import ModelConfig
 
 
@@ -47,6 +48,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--head-dim", type=int, default=64, help="--plan: fixed head dimension")
     p.add_argument("--n-shapes", type=int, default=7, help="--plan: shapes per level")
     p.add_argument("--max-rel-dev", type=float, default=0.05, help="--plan: N tolerance")
+    studyargs.add_arguments(p)
     return p
 
 
@@ -67,10 +69,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give a results directory (jaxscale shape RESULTS) or --plan N1,N2")
     if not Path(args.results).is_dir():
         raise FileNotFoundError(f"results directory {args.results!r} does not exist")
+    runs_df, _ = studyargs.load(args, args.results)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         sf = width_depth.fit_penalty(
-            args.results,
+            runs_df,
             asymmetric=args.asymmetric,
             method=args.method,
             chains=args.chains,

@@ -11,7 +11,7 @@ import functools
 import math
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,8 +152,11 @@ def prepare_data(
     return x, y
 
 
-def load_fit_data(source: Any, *, flops_convention: str | None = None) -> pd.DataFrame:
-    """Load a table with N/D/C/S/loss from a CSV path, a runs directory, or a DataFrame/dict."""
+def load_fit_data(
+    source: Any, *, flops_convention: str | None = None, run_ids: Collection[str] | None = None
+) -> pd.DataFrame:
+    """Load a table with N/D/C/S/loss from a CSV path, a runs directory (only run_ids, when
+    given: one study's runs), or a DataFrame/dict."""
 
     if isinstance(source, pd.DataFrame | Mapping):
         return pd.DataFrame(source) if isinstance(source, Mapping) else source.copy()
@@ -168,6 +171,8 @@ def load_fit_data(source: Any, *, flops_convention: str | None = None) -> pd.Dat
         return df
 
     runs, _ = run_results.load(path)
+    if run_ids is not None and len(runs):
+        runs = runs[runs["run_id"].isin(run_ids)]
     if "status" in runs:
         # Only finished runs are points on a scaling law; diverged, failed, preempted and
         # incomplete runs are left out, loudly.
