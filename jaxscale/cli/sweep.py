@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxscale.config import ConfigError
-from jaxscale.runs import store
+from jaxscale.runs import selection, store
 from jaxscale.runs.runner import foreign_note, run_sweep, status_table
 from jaxscale.runs.study import load_study
 
@@ -119,6 +119,10 @@ def run(args: argparse.Namespace) -> int:
             if note:
                 print(note)
             return 0
+        if "://" not in str(args.results):  # the runner refuses URIs below, in one line
+            results.mkdir(parents=True, exist_ok=True)
+            # Analyses of this directory then read this study's runs by default.
+            selection.write_record(results, study, args.setting, runs)
         print(
             f"{study.name} [{args.setting}]: {len(runs)} runs → {results} "
             f"(task {args.task_index}/{args.num_tasks})",
