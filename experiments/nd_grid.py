@@ -4,13 +4,18 @@
     jaxscale sweep run experiments/nd_grid.py --setting tiny  # under a minute
 
 5 sizes (25k–0.8M non-embedding params) × 4 token counts (2^17–2^20 tokens, context 128):
-every size sees every data amount, so the fitter separates the N and D terms.
+every size sees every data amount, so the fitter separates the N and D terms. Each run's peak
+LR comes from LR_RULE, the kit's own LR study (runs.hparams.LR_STUDY_TINY, measured on
+3k–25k parameters at 76,800 tokens): sizes and token counts beyond that are extrapolations,
+listed by `jaxscale.runs.hparams.explain(runs(), LR_RULE)`; a Step Law study of this range
+(experiments/step_law.py) is what would replace it.
 """
 
 from __future__ import annotations
 
 from jaxscale.config import ModelConfig, RunConfig, TrainConfig
 from jaxscale.runs.grids import nd_grid_runs
+from jaxscale.runs.hparams import LR_STUDY_TINY, Rule
 
 NAME = "nd_grid"
 DESCRIPTION = "every model size × every token count, for a joint L(N, D) fit"
@@ -18,15 +23,26 @@ SETTINGS = ("default", "tiny")
 CONVENTION = "kaplan_attn"
 
 
-def runs(setting: str = "default") -> list[RunConfig]:
-    """The grid for `setting` ('default' or 'tiny')."""
+# A per-size LR (small models want larger ones): one LR for every size would confound the
+# fitted exponents with LR mistuning. Pass lr_rule=Constant(2e-3) for the old grid.
+LR_RULE: Rule = LR_STUDY_TINY
+
+
+def runs(
+    setting: str = "default", *, lr_rule: Rule | None = None, batch_rule: Rule | None = None
+) -> list[RunConfig]:
+    """The grid for `setting` ('default' or 'tiny'); LR_RULE sets each run's peak LR unless
+    lr_rule is given, batch_rule (default none) its batch."""
     tiny = setting == "tiny"
     base = RunConfig(
         model=ModelConfig(context_length=64 if tiny else 128, vocab_size=257),
-        train=TrainConfig(batch_size=4 if tiny else 8, lr=2e-3, warmup_steps=10, eval_batches=8),
+        train=TrainConfig(batch_size=4 if tiny else 8, warmup_steps=10, eval_batches=8),
         name=NAME,
     )
+    rules = {"lr_rule": lr_rule or LR_RULE, "batch_rule": batch_rule}
     if tiny:
-        return nd_grid_runs(base, [(16, 1), (32, 2)], [2**13, 2**15], head_dim=16, prefix=NAME)
-    shapes = [(32, 2), (48, 2), (64, 2), (96, 3), (128, 4)]
-    return nd_grid_runs(base, shapes, [2**17, 2**18, 2**19, 2**20], head_dim=16, prefix=NAME)
+        shapes, tokens = [(16, 1), (32, 2)], [2**13, 2**15]
+    else:
+        shapes = [(32, 2), (48, 2), (64, 2), (96, 3), (128, 4)]
+        tokens = [2**17, 2**18, 2**19, 2**20]
+    return nd_grid_runs(base, shapes, tokens, head_dim=16, prefix=NAME, **rules)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from jaxscale.runs.grids import isoflop_runs
+from jaxscale.runs.hparams import LR_STUDY_TINY, Rule
 
 NAME = "quickstart"
 DESCRIPTION = "isoFLOP profiles of small byte-level transformers on Python stdlib source"
@@ -41,15 +42,25 @@ TINY_BUDGETS = {
 }
 
 
-def runs(setting: str = "default") -> list[RunConfig]:
-    """The study's runs for `setting` ('default' or 'tiny')."""
+# Each size trains at its own peak LR: one LR for all sizes confounds the fitted exponents with
+# LR mistuning (small models want larger LRs). The rule is the kit's own LR study, checked at
+# six of these runs by `experiments/step_law.py --setting quickstart`, where its LRs sat inside
+# every measured basin; Step Law's constants gave 5-10x larger LRs and 4-8% higher losses here
+# (docs/hyperparameters.md). Pass lr_rule=Constant(3e-3) for the old single-LR quickstart.
+LR_RULE: Rule = LR_STUDY_TINY
+
+
+def runs(
+    setting: str = "default", *, lr_rule: Rule | None = None, batch_rule: Rule | None = None
+) -> list[RunConfig]:
+    """The study's runs for `setting` ('default' or 'tiny'); LR_RULE sets each run's peak LR
+    unless lr_rule is given, and batch_rule (default none: 4 sequences) its batch."""
     tiny = setting == "tiny"
     base = RunConfig(
         model=ModelConfig(context_length=64 if tiny else 128, vocab_size=257),
         data=DataConfig(corpus="stdlib", tokenizer="byte", max_bytes=8_000_000),
         train=TrainConfig(
             batch_size=4,
-            lr=3e-3,
             warmup_steps=10,
             eval_batches=4 if tiny else 8,
             checkpoint_every=100 if tiny else 200,
@@ -67,4 +78,6 @@ def runs(setting: str = "default") -> list[RunConfig]:
         min_steps=20,
         evals=4,
         prefix=NAME,
+        lr_rule=lr_rule or LR_RULE,
+        batch_rule=batch_rule,
     )

@@ -24,7 +24,7 @@ from jaxscale.config import (
     parse_overrides,
 )
 from jaxscale.core import cache, train
-from jaxscale.runs import selection
+from jaxscale.runs import selection, store
 from jaxscale.runs.rundir import RunDir
 from jaxscale.runs.runner import run_sweep
 from jaxscale.runs.study import load_study
@@ -91,9 +91,43 @@ def _cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
         f"(total {cfg.model.n_params:,})  d_model={cfg.model.d_model} n_layers="
         f"{cfg.model.n_layers}  {cfg.train.steps} steps x {cfg.tokens_per_step:,} tokens -> {run_dir}"
     )
-    s = train.train(cfg, RunDir(run_dir), progress=not args.no_progress)
+    run = RunDir(run_dir)
+    run.check_writable()
+    if args.replace and any(run.path.iterdir()):
+        print(f"jaxscale train: moved the old run aside to {run.move_aside()}")
+    lock = run.lock()
+    if lock is None:
+        holder = run.lock_info() or {}
+        raise ConfigError(
+            f"{run_dir} is being trained by another live worker ({holder.get('host')}:"
+            f"{holder.get('pid')}); wait for it to finish, or pass another --run-dir"
+        )
+    try:
+        with lock:
+            s = train.train(cfg, run, progress=not args.no_progress)
+    except store.LockLost as e:
+        print(f"jaxscale: error: {e}", file=sys.stderr)
+        return 4
+    if "note" in s:  # preempted before anything was written: there is no run to describe
+        print(
+            f"jaxscale train: preempted: {s['note']}; run the same command again", file=sys.stderr
+        )
+        return 0
     print(summary_paragraph(s, run_dir))
     return 0 if s["status"] in ("done", "preempted") else 3
+
+
+TRAIN_EXIT_CODES = """exit codes:
+  0    done, or preempted by SIGTERM (checkpointed first; during start-up nothing is written):
+       run the same command again to resume
+  2    refused or failed, in one line `jaxscale: error: ...`: an invalid config or input, a run
+       directory holding another run (see --replace) or held by another live worker, a run
+       that cannot fit in memory, an unreadable checkpoint, or an I/O error such as a full
+       disk (the line names the path)
+  3    diverged (non-finite training loss); the summary names the step
+  4    another worker took this run's lock over (this one's heartbeat lapsed); this worker
+       stopped without writing anything further
+  130  interrupted (Ctrl-C)"""
 
 
 def _cmd_study(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -180,12 +214,20 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train one model (resumes from its run directory)",
         description="Train one decoder-only transformer on the configured corpus. A run "
-        "directory with checkpoints is resumed; SIGTERM checkpoints and exits 0.",
-        epilog=_config_help(),
+        "directory with checkpoints is resumed; SIGTERM checkpoints and exits 0. A directory "
+        "holding another run (other config or data) is refused; the run is locked while it "
+        "trains.",
+        epilog=f"{TRAIN_EXIT_CODES}\n\n{_config_help()}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_args(p)
     p.add_argument("--run-dir", help="run directory (default runs/<run_id>)")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="move a run already in the run directory aside to <dir>.replaced-<UTC time> "
+        "(nothing is deleted), then train this one there",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train, takes_extra=True)
     q = sub.add_parser(

@@ -265,14 +265,24 @@ class DataConfig:
         )
 
 
+# TrainConfig fields that describe how values were chosen; left out of RunConfig.run_id.
+UNHASHED_TRAIN = ("lr_rule", "batch_rule")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation and loop settings (AdamW, schedule, eval, checkpoints)."""
 
     batch_size: int = _field(16, "global sequences per optimizer step")
+    batch_rule: str = _field(
+        "", "the rule that chose train.batch_size (empty: set by hand; not hashed)"
+    )
     steps: int = _field(200, "optimizer steps")
     grad_accum: int = _field(1, "microbatches per step (>= 2 enables the gradient noise scale)")
     lr: float = _field(3e-3, "peak learning rate (AdamW)")
+    lr_rule: str = _field(
+        "", "the rule that chose train.lr, as a study applied it (empty: set by hand; not hashed)"
+    )
     schedule: str = _field("cosine", "cosine | constant | wsd (warmup-stable-decay)")
     warmup_steps: int = _field(20, "linear warmup steps")
     min_lr_ratio: float = _field(0.1, "final LR / peak LR")
@@ -408,10 +418,15 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def run_id(self) -> str:
-        """Stable 12-hex ID from everything that changes the result (not name or mesh)."""
+        """Stable 12-hex ID from everything that changes the result (not name, mesh or the
+        hyperparameter rules' descriptions)."""
         d = self.to_dict()
         d.pop("name")
         d.pop("mesh")
+        # How lr and batch_size were chosen is provenance, not training: the same run reached by
+        # two rules is one run, and runs from before the rule fields keep their IDs.
+        for k in UNHASHED_TRAIN:
+            d["train"].pop(k)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -40,6 +40,14 @@ class NoiseScaleEMA:
         self.weight = d * self.weight + (1 - d)
         return self.b_simple
 
+    def state(self) -> dict[str, float]:
+        """The running EMAs, for a checkpoint (a resumed run continues them with `load`)."""
+        return {"g2": self.g2, "tr_sigma": self.tr_sigma, "weight": self.weight}
+
+    def load(self, state: dict[str, float]) -> None:
+        """Continue from `state()` of an earlier run of the same config."""
+        self.g2, self.tr_sigma, self.weight = state["g2"], state["tr_sigma"], state["weight"]
+
     @property
     def b_simple(self) -> float:
         """B_simple = tr(Sigma)/|G|^2 (McCandlish et al. 2018, eq. 2.8); NaN until |G|^2 > 0."""

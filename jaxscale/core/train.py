@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +28,7 @@ from tqdm.auto import tqdm
 
 from jaxscale.config import ConfigError, RunConfig, TrainConfig
 from jaxscale.config.axes import BATCH, LENGTH
-from jaxscale.core import checkpoint
+from jaxscale.core import checkpoint, memory, provenance
 from jaxscale.core import data as data_lib
 from jaxscale.core import flops as flops_lib
 from jaxscale.core import model as model_lib
@@ -243,7 +245,11 @@ def xla_train_step_flops(run: RunConfig) -> float:
 
 
 class RunFiles(Protocol):
-    """What the loop reads and writes in one run's directory (jaxscale.runs.rundir.RunDir)."""
+    """What the loop reads and writes in one run's directory (jaxscale.runs.rundir.RunDir).
+
+    check_identity/claim raise a ConfigError (RunMismatch) if the directory holds another run;
+    check_lock raises (store.LockLost) once another worker has taken the run over.
+    """
 
     @property
     def path(self) -> Any: ...
@@ -256,7 +262,11 @@ class RunFiles(Protocol):
 
     def check_writable(self) -> None: ...
 
-    def write_config(self, cfg: RunConfig) -> None: ...
+    def check_identity(self, cfg: RunConfig, data: dict) -> str: ...
+
+    def claim(self, cfg: RunConfig, data: dict) -> str: ...
+
+    def check_lock(self) -> None: ...
 
     def read_metrics(self) -> list[dict]: ...
 
@@ -414,12 +424,20 @@ def init_group(g: GroupSetup, cfgs: Sequence[RunConfig]) -> State:
 
 # --- the training loop ------------------------------------------------------------------------
 
+STARTUP_PREEMPTED = "SIGTERM during start-up, before anything was trained or written"
+
+
+class _StartupPreempted(BaseException):
+    """SIGTERM before the run files are written; a BaseException so no handler swallows it."""
+
 
 class _Preemption:
-    """SIGTERM sets a flag the loop polls, so a checkpoint is written before exiting."""
+    """SIGTERM handling for one session: until `defer()` (nothing written yet) it stops start-up
+    at once; after it only sets a flag the loop polls, so a checkpoint is written first."""
 
     def __init__(self) -> None:
         self.requested = False
+        self._immediate = True
         self._old = None
 
     def __enter__(self):
@@ -429,10 +447,29 @@ class _Preemption:
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
+        if self._immediate:
+            raise _StartupPreempted
+
+    def defer(self) -> None:
+        """From now on SIGTERM only sets `requested`; raise if one came during start-up."""
+        if self.requested:  # a library may have swallowed the exception the handler raised
+            raise _StartupPreempted
+        self._immediate = False
 
     def __exit__(self, *exc) -> None:
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
+
+
+@contextlib.contextmanager
+def _naming_disk_full(what: str, where: Any) -> Iterator[None]:
+    """Re-raise a bare ENOSPC as checkpoint.DiskFull naming what was written and where."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno != errno.ENOSPC or isinstance(e, checkpoint.DiskFull):
+            raise
+        raise checkpoint.DiskFull(what, where) from None
 
 
 class _Run:
@@ -444,6 +481,7 @@ class _Run:
         self.k, self.cfg, self.files, self.start, self.mngr = k, cfg, files, start, mngr
         self.writer = writer  # only process 0 writes run files; every process saves checkpoints
         self.step = start
+        self.saved = start  # the newest step on disk (start: restored, or 0: nothing to save)
         self.status = "running" if start < cfg.train.steps else "done"
         self.last_loss = math.nan
         self.last_eval = math.nan
@@ -457,10 +495,35 @@ class _Run:
     def active(self) -> bool:
         return self.status == "running"
 
+    def host_state(self) -> dict:
+        """What logged columns depend on besides the device state; saved in each checkpoint."""
+        return {"gns": self.gns.state()} if self.gns is not None else {}
+
+    def load_host_state(self, host: dict) -> None:
+        if self.gns is None:
+            return
+        if "gns" in host:
+            self.gns.load(host["gns"])
+        elif self.start:
+            warnings.warn(
+                f"{self.files.path}: checkpoint {self.start} holds no gradient-noise-scale state "
+                "(written before it was saved); gns_b_simple restarts its EMA here",
+                stacklevel=2,
+            )
+
     def flush(self) -> None:
+        """Append the pending rows to metrics.jsonl, unless another worker took the run over."""
+        self.files.check_lock()
         if self.writer:
-            self.files.append_metrics(self.rows)
+            with _naming_disk_full("metrics", self.files.path):
+                self.files.append_metrics(self.rows)
         self.rows.clear()
+
+    def save(self, state: State) -> None:
+        """Flush, then checkpoint this model's `state` with its host state."""
+        self.flush()
+        checkpoint.save(self.mngr, self.step, state, self.host_state())
+        self.saved = self.step
 
 
 def _check_group(cfgs: Sequence[RunConfig], runs: Sequence[RunFiles]) -> None:
@@ -492,7 +555,13 @@ def train(
     mesh: jax.sharding.Mesh | None = None,
     corpus: data_lib.Corpus | None = None,
 ) -> dict:
-    """Train one run into `run`, resuming from its latest checkpoint; returns the summary."""
+    """Train one run into `run`, resuming from its latest checkpoint; returns the summary.
+
+    Refuses (ConfigError) a directory holding another run, data that changed, or a run that
+    cannot fit in memory, before writing anything. SIGTERM before training begins returns a
+    summary with status 'preempted' and a 'note', having written nothing; SIGTERM later
+    checkpoints first. A disk-full write raises checkpoint.DiskFull (an OSError).
+    """
     return _train([cfg], [run], progress=progress, mesh=mesh, corpus=corpus, grouped=False)[0]
 
 
@@ -518,6 +587,37 @@ def _train(
     grouped: bool,
 ) -> list[dict]:
     _check_group(cfgs, runs)
+    with _Preemption() as pre:
+        try:
+            g, corpus, ident = _start(cfgs, runs, mesh, corpus)
+            pre.defer()
+        except _StartupPreempted:
+            return [
+                {**_summary_base(c), "status": "preempted", "note": STARTUP_PREEMPTED} for c in cfgs
+            ]
+        is_main = jax.process_index() == 0
+        try:
+            if is_main:
+                for c, r in zip(cfgs, runs):
+                    with _naming_disk_full("the run's config and manifest", r.path):
+                        r.claim(c, ident)
+            with jax.set_mesh(g.base.mesh):
+                return _loop(
+                    cfgs, runs, g, corpus, pre, progress=progress and is_main, grouped=grouped
+                )
+        except checkpoint.DiskFull as e:
+            if is_main:
+                _record_failure(cfgs, runs, e)
+            raise
+
+
+def _start(
+    cfgs: list[RunConfig],
+    runs: list[RunFiles],
+    mesh: jax.sharding.Mesh | None,
+    corpus: data_lib.Corpus | None,
+) -> tuple[GroupSetup, data_lib.Corpus, dict]:
+    """Everything before the first write: corpus, run identity, step setup, memory check."""
     for r in runs:
         r.check_writable()
     base = cfgs[0]
@@ -532,19 +632,30 @@ def _train(
             f"{corpus.vocab_size}; set model.vocab_size={corpus.vocab_size}"
         )
     data_lib.warn_if_repeated(corpus, base.total_tokens)
+    ident = provenance.data_identity(corpus)
+    # Every process refuses a directory holding another run (or other data) before any write.
+    for c, r in zip(cfgs, runs):
+        r.check_identity(c, ident)
     g = setup_group(base, len(cfgs), mesh)
-    is_main = jax.process_index() == 0
-    if is_main:
-        for c, r in zip(cfgs, runs):
-            r.write_config(c)
-    with jax.set_mesh(g.base.mesh):
-        return _loop(cfgs, runs, g, corpus, progress=progress and is_main, grouped=grouped)
+    memory.check(base, len(cfgs), g.base.mesh)
+    return g, corpus, ident
+
+
+def _record_failure(cfgs: list[RunConfig], runs: list[RunFiles], err: OSError) -> None:
+    """A summary with status 'failed' naming the error, where one can still be written."""
+    for c, r in zip(cfgs, runs):
+        try:
+            r.check_lock()
+            r.write_summary({**_summary_base(c), "status": "failed", "error": str(err)})
+        except (OSError, RuntimeError):  # a full disk, or a lock lost (store.LockLost)
+            pass
 
 
 def _restore_or_init(
     g: GroupSetup, cfgs: list[RunConfig], files: list[RunFiles], stack: contextlib.ExitStack
 ) -> tuple[State, list[_Run]]:
-    """Each model's newest readable checkpoint, or a fresh init; metrics truncated to match."""
+    """Each model's newest checkpoint that restores, or a fresh init; metrics truncated to
+    match."""
     abstract = checkpoint.abstract_state(g.base)
     writer = jax.process_index() == 0
     fresh = None
@@ -553,18 +664,22 @@ def _restore_or_init(
         mngr = checkpoint.manager(f.checkpoint_dir, c.train)
         # Waits for in-flight async saves even when training raises (e.g. disk full).
         stack.callback(checkpoint.close, mngr)
-        st, start = checkpoint.restore_latest(mngr, abstract, f.quarantine_dir)
-        if st is None:
+        restored = checkpoint.restore(mngr, abstract, f.quarantine_dir)
+        if restored is None:
             fresh = init_group(g, cfgs) if fresh is None else fresh
-            st, start = g.model_state(fresh, k), 0
-        elif np.float32(st["lr"]) != np.float32(c.train.lr):
-            raise ConfigError(
-                f"{str(f.path)!r}: checkpoint has lr={float(st['lr'])} but the config says "
-                f"{c.train.lr}; use a fresh run directory"
-            )
+            st, start, host = g.model_state(fresh, k), 0, {}
+        else:
+            st, start, host = restored.state, restored.step, restored.host
+            if np.float32(st["lr"]) != np.float32(c.train.lr):
+                raise ConfigError(
+                    f"{str(f.path)!r}: checkpoint has lr={float(st['lr'])} but the config says "
+                    f"{c.train.lr}; use a fresh run directory"
+                )
         if writer:
-            f.truncate_metrics(start)
+            with _naming_disk_full("metrics", f.path):
+                f.truncate_metrics(start)
         run = _Run(k, c, f, start, mngr, writer)
+        run.load_host_state(host)
         # A resumed run carries its latest logged losses, so a run resumed at its end reports them.
         for row in f.read_metrics() if start else []:
             run.last_loss = row.get("loss", run.last_loss)
@@ -579,6 +694,7 @@ def _loop(
     files: list[RunFiles],
     g: GroupSetup,
     corpus: data_lib.Corpus,
+    pre: _Preemption,
     *,
     progress: bool,
     grouped: bool,
@@ -588,7 +704,7 @@ def _loop(
     fpt = flops_lib.flops_per_token(mc, "kaplan_attn")
     # MFU counts what the model needs, PaLM-style (full attention, no remat recompute).
     fpt_mfu = flops_lib.flops_per_token(mc, "exact")
-    peak, _ = flops_lib.device_peak_flops(mc.compute_dtype)
+    peak, peak_source = flops_lib.device_peak_flops(mc.compute_dtype)
     n_dev = jax.device_count()
     val = data_lib.eval_batches(
         corpus.val, batch_size=tc.batch_size, seq_len=mc.context_length, n_batches=tc.eval_batches
@@ -652,12 +768,10 @@ def _loop(
 
     def save(rs: list[_Run]) -> None:
         for r in rs:
-            r.flush()
-            checkpoint.save(r.mngr, r.step, g.model_state(state, r.k))
+            r.save(g.model_state(state, r.k))
 
     pi, pc = jax.process_index(), jax.process_count()
-    # SIGTERM is caught from the restore to the last checkpoint's final wait.
-    with _Preemption() as pre, contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:
         state, runs = _restore_or_init(g, cfgs, files, stack)
         feeds = [
             stack.enter_context(
@@ -681,8 +795,16 @@ def _loop(
         dummy = np.zeros((tc.batch_size // pc, mc.context_length + 1), np.int32)
         t0 = time.perf_counter()
         t_last, it_last, it = t0, 0, 0
-        while any(r.active for r in runs):
-            live = [r for r in runs if r.active]
+        while live := [r for r in runs if r.active]:
+            if pre.requested:
+                # Checked before each step, so a SIGTERM during the first compile or restore
+                # stops here too; a SIGTERM on a model's last step still finished it (done).
+                drain(keep=0)
+                still = [r for r in live if r.active]
+                save([r for r in still if r.step > r.saved])
+                for r in still:
+                    r.status = "preempted"
+                break
             n_live = len(live)
             batch = g.device_batch([next(feeds[r.k]) if r.active else dummy for r in runs])
             state, m = g.step_fn(state, batch, np.array([r.active for r in runs]))
@@ -702,18 +824,10 @@ def _loop(
                 t_last, it_last = now, it
             if to_eval := [r for r in at_eval if r.active]:
                 evaluate(to_eval)
-            if to_save := [r for r in at_ckpt if r.active]:
-                save(to_save)
+            save([r for r in at_ckpt if r.active])
             for r in live:
                 if r.active and r.step >= tc.steps:
                     r.status = "done"
-            if pre.requested:
-                # A SIGTERM on a model's last step still finished it (marked done above).
-                still = [r for r in runs if r.active]
-                save([r for r in still if r not in to_save])
-                for r in still:
-                    r.status = "preempted"
-                break
             if bar is not None:
                 lead = live[0]
                 bar.update(1)
@@ -744,14 +858,17 @@ def _loop(
             "wall_time_s": wall,
             "tokens_per_s": (tokens - r.start * per_model_tokens) / max(wall, 1e-9),
             "peak_flops_per_device": peak,
+            "peak_flops_source": peak_source,
             "mfu": hw_tps * fpt_mfu / (peak * n_dev) if peak else math.nan,
         }
         if grouped:
             summary["group_size"] = K
         if r.error:
             summary["error"] = r.error
+        r.files.check_lock()
         if r.writer:
-            r.files.write_summary(summary)
+            with _naming_disk_full("the summary", r.files.path):
+                r.files.write_summary(summary)
         summaries.append(summary)
     return summaries
 

@@ -1,7 +1,10 @@
 """Study grids: model and schedule builders, isoFLOP profiles, N×D, batch and LR grids.
 
 Study files (experiments/*.py) build their runs from these; shape grids at fixed N live in
-analysis.width_depth, which also analyses them.
+analysis.width_depth, which also analyses them. isoflop_plan, nd_grid_runs and lr_grid_runs
+take an `lr_rule` and a `batch_rule` (runs.hparams): each run then gets the rule's value at its
+N (non-embedding), D (tokens) and B (tokens/step) and records the rule in train.lr_rule /
+train.batch_rule; without a rule every run keeps base.train's value.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from jaxscale.config import ConfigError, RunConfig
 from jaxscale.core import flops
+from jaxscale.runs.hparams import Rule, batch_for, train_overrides
 
 DEFAULT_CONVENTION = "kaplan_attn"
 
@@ -91,6 +95,8 @@ def isoflop_plan(
     max_rel_error: float = 0.05,
     evals: int | None = 8,
     prefix: str = "iso",
+    lr_rule: Rule | None = None,
+    batch_rule: Rule | None = None,
     **model_kw: Any,
 ) -> list[IsoFlopRun]:
     """Each budget C × each (width, depth): tokens D = C / flops_per_token(N) (Hoffmann 2022 §3.2).
@@ -98,12 +104,15 @@ def isoflop_plan(
     shapes is one list for every budget, or a {budget: shapes} mapping to centre each profile.
     Steps are round(D / (batch·context)); the rounding error is kept in `rel_error` and must stay
     under max_rel_error. A model needing fewer than min_steps steps is too big for that budget and
-    is left out; a budget too small even for the smallest model is an error.
+    is left out; a budget too small even for the smallest model is an error. lr_rule and
+    batch_rule (runs.hparams) set each run's peak LR and batch from its N, D and B; batch_rule
+    overrides batch_size.
     """
     if not budgets or not shapes:
         raise ConfigError("isoflop_plan: give at least one budget and one (width, depth) shape")
-    bs = batch_size or base.train.batch_size
+    bs0 = batch_size or base.train.batch_size
     T = base.model.context_length
+    train0 = dataclasses.replace(base.train, batch_size=bs0)
     per_budget = shapes if isinstance(shapes, Mapping) else dict.fromkeys(budgets, shapes)
     out: list[IsoFlopRun] = []
     for C in sorted(budgets):
@@ -118,10 +127,15 @@ def isoflop_plan(
         fits = 0
         for mc in models:
             fpt = flops.flops_per_token(mc, convention)
+            N = mc.n_params_nonembedding
+            bs = batch_for(batch_rule, train0, N, C / fpt, T)
             steps = steps_for_tokens(C / fpt, bs, T)
             if C / fpt / (bs * T) < min_steps - 0.5:
                 continue
-            cfg = with_steps(dataclasses.replace(base, model=mc), steps, evals=evals, batch_size=bs)
+            rules = train_overrides(lr_rule, batch_rule, N, steps * bs * T, bs * T)
+            cfg = with_steps(
+                dataclasses.replace(base, model=mc), steps, evals=evals, batch_size=bs, **rules
+            )
             cfg = dataclasses.replace(
                 cfg,
                 name=f"{prefix}_{budget_tag(C)}_N{mc.n_params_nonembedding}"
@@ -138,7 +152,9 @@ def isoflop_plan(
             fits += 1
         if not fits:
             small = models[0]
-            cost = flops.flops_per_token(small, convention) * min_steps * bs * T
+            fpt = flops.flops_per_token(small, convention)
+            bs = batch_for(batch_rule, train0, small.n_params_nonembedding, C / fpt, T)
+            cost = fpt * min_steps * bs * T
             raise ConfigError(
                 f"isoflop_plan: budget C={C:.3e} FLOPs ({convention}) is too small for the "
                 f"smallest model (d_model={small.d_model}, n_layers={small.n_layers}, "
@@ -164,16 +180,23 @@ def nd_grid_runs(
     *,
     evals: int | None = 8,
     prefix: str = "nd",
+    lr_rule: Rule | None = None,
+    batch_rule: Rule | None = None,
     **model_kw: Any,
 ) -> list[RunConfig]:
-    """Every (width, depth) × every token count D, to fit L(N, D) jointly (Hoffmann 2022 §3.3)."""
-    bs, T = base.train.batch_size, base.model.context_length
+    """Every (width, depth) × every token count D, to fit L(N, D) jointly (Hoffmann 2022 §3.3);
+    lr_rule / batch_rule (runs.hparams) set each run's peak LR and batch from N, D and B."""
+    T = base.model.context_length
     out = []
     for w, d in shapes:
         mc = base.model.resized(w, d, **model_kw)
+        N = mc.n_params_nonembedding
         for D in tokens:
+            bs = batch_for(batch_rule, base.train, N, D, T)
+            steps = steps_for_tokens(D, bs, T)
+            rules = train_overrides(lr_rule, batch_rule, N, steps * bs * T, bs * T)
             cfg = with_steps(
-                dataclasses.replace(base, model=mc), steps_for_tokens(D, bs, T), evals=evals
+                dataclasses.replace(base, model=mc), steps, evals=evals, batch_size=bs, **rules
             )
             out.append(
                 dataclasses.replace(
@@ -210,20 +233,36 @@ def lr_grid_runs(
     tokens: float | None = None,
     evals: int | None = 8,
     prefix: str = "lr",
+    lr_rule: Rule | None = None,
+    batch_rule: Rule | None = None,
     **model_kw: Any,
 ) -> list[RunConfig]:
-    """train.lr × model size, for per-size learning-rate tuning."""
+    """train.lr × model size, for per-size learning-rate tuning.
+
+    Without lr_rule, `lrs` are the peak LRs of every size. With one, they are factors of the
+    rule's LR at each size (a grid centred on the prediction, as Li et al. 2025 search around
+    theirs), so a rule whose optimum drifts with N keeps every size's optimum bracketed.
+    batch_rule sets each size's batch (tokens are then fixed, steps follow).
+    """
+    T = base.model.context_length
     out = []
     for w, d in shapes:
         mc = base.model.resized(w, d, **model_kw)
-        steps = (
-            steps_for_tokens(tokens, base.train.batch_size, mc.context_length)
-            if tokens
-            else base.train.steps
-        )
-        for lr in lrs:
-            cfg = with_steps(dataclasses.replace(base, model=mc), steps, evals=evals, lr=lr)
-            out.append(
-                dataclasses.replace(cfg, name=f"{prefix}_N{mc.n_params_nonembedding}_lr{lr:.2e}")
+        N = mc.n_params_nonembedding
+        D0 = tokens or base.train.steps * base.train.batch_size * T
+        bs = batch_for(batch_rule, base.train, N, D0, T)
+        steps = steps_for_tokens(tokens, bs, T) if tokens else base.train.steps
+        # One description for the whole grid, so its runs still share a vmapped step.
+        grid = f"grid ×[{', '.join(f'{f:g}' for f in lrs)}] around " if lr_rule else ""
+        rules = train_overrides(lr_rule, batch_rule, N, steps * bs * T, bs * T, grid=grid)
+        for f in lrs:
+            lr = rules["lr"] * f if lr_rule else f
+            cfg = with_steps(
+                dataclasses.replace(base, model=mc),
+                steps,
+                evals=evals,
+                batch_size=bs,
+                **(rules | {"lr": lr}),
             )
+            out.append(dataclasses.replace(cfg, name=f"{prefix}_N{N}_lr{lr:.2e}"))
     return dedupe(out)

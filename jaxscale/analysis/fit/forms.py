@@ -14,6 +14,7 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
+import scipy.stats as st
 
 # Quantities a form may take as inputs; CSV/run tables are mapped onto these names.
 INPUT_NAMES = ("N", "D", "C", "S")
@@ -76,6 +77,19 @@ def prior_distribution(family: str, ab: Any) -> Any:
         "exponential": lambda: dist.Exponential(a),
         "uniform": lambda: dist.Uniform(a, b),
     }[family]()
+
+
+def prior_scipy(prior: Prior) -> Any:
+    """The frozen scipy.stats distribution of a prior (numpy-side densities and quantiles)."""
+    a, b = prior.args
+    return {
+        "normal": lambda: st.norm(a, b),
+        "lognormal": lambda: st.lognorm(b, scale=math.exp(a)),
+        "halfnormal": lambda: st.halfnorm(scale=a),
+        "gamma": lambda: st.gamma(a, scale=1 / b),
+        "exponential": lambda: st.expon(scale=1 / a),
+        "uniform": lambda: st.uniform(a, b - a),
+    }[prior.family]()
 
 
 @dataclass(frozen=True)

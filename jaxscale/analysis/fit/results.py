@@ -1,5 +1,5 @@
 """Fit results: FitResult (table, describe, plot, save), prediction, compute-optimal allocation,
-comparison of fits."""
+comparison of fits. Every interval is a central 90% interval (q5-q95), the kit's convention."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ import numpy as np
 import pandas as pd
 
 from jaxscale.analysis import plotting
+from jaxscale.analysis.fit import extrapolation as X
 from jaxscale.analysis.fit.forms import get_form
 
 CHINCHILLA_PARAMS = frozenset({"alpha", "beta", "log_A", "log_B"})
+INTERVAL = "90% central interval [q5, q95]"
 # Diagnostics written to summary.json (per-draw arrays and covariances stay in the npz/netCDF).
 SAVED_DIAGNOSTICS = (
     "max_r_hat",
@@ -30,6 +32,8 @@ SAVED_DIAGNOSTICS = (
     "mean_accept",
     "n_boot",
     "grid_points",
+    "replicates",
+    "prior_sensitivity",
 )
 
 
@@ -51,6 +55,9 @@ class FitResult:
     point: dict[str, float] = field(default_factory=dict)  # MAP / Huber optimum
     seconds: float = 0.0
     log_lik: np.ndarray | None = None  # (chains, draws, n) for LOO/WAIC
+    # what the data cannot tell (prior-dominated parameters, aggregated replicates), one line each
+    caveats: list[str] = field(default_factory=list)
+    discrepancy: X.Discrepancy = X.DEFAULT_DISCREPANCY  # widens predictions beyond the data
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -61,8 +68,9 @@ class FitResult:
         return np.asarray(self.samples[name]).reshape(-1)
 
     def table(self) -> pd.DataFrame:
-        """Table of mean, median, 5%/95%, R-hat, bulk/tail ESS per parameter."""
+        """Mean, median, 90% interval (q5, q95), sd, R-hat, bulk/tail ESS and prior sensitivity."""
         rows = {}
+        shift = self.diagnostics.get("prior_sensitivity", {})
         for n, v in self.samples.items():
             f = np.asarray(v, dtype=np.float64).reshape(-1)
             d = self.diagnostics.get("per_param", {}).get(n, {})
@@ -75,16 +83,22 @@ class FitResult:
                 "r_hat": d.get("r_hat", np.nan),
                 "ess_bulk": d.get("ess_bulk", np.nan),
                 "ess_tail": d.get("ess_tail", np.nan),
+                "prior_shift": shift.get(n, shift.get(f"log_{n}", np.nan)),
             }
         return pd.DataFrame.from_dict(rows, orient="index")
 
     def describe(self) -> str:
-        """Form, method, data size and time, then the parameter table."""
+        """Form, method, data, interval convention, parameter table, caveats and problems."""
         with pd.option_context("display.float_format", "{:.4g}".format, "display.width", 120):
-            return (
-                f"{self.form} [{self.method}] on {self.loss.size} points in {self.seconds:.1f} s\n"
-                f"{self.table()}"
-            )
+            lines = [
+                f"{self.form} [{self.method}] on {self.loss.size} points in {self.seconds:.1f} s; "
+                f"intervals: {INTERVAL}; prior_shift: how far halving/doubling the prior moves "
+                "the interval, as a share of its width",
+                str(self.table()),
+                *(f"caveat: {c}" for c in self.caveats),
+                *(f"DIAGNOSTICS FAILED: {p}" for p in self.problems),
+            ]
+        return "\n".join(lines)
 
     def to_inference_data(self) -> Any:
         """arviz InferenceData (posterior, log_likelihood, sample_stats, observed_data)."""
@@ -94,12 +108,15 @@ class FitResult:
         stats = {}
         if "divergences_per_draw" in self.diagnostics:
             stats["diverging"] = np.asarray(self.diagnostics["divergences_per_draw"])
-        return az.from_dict(
-            posterior={k: np.asarray(v) for k, v in self.samples.items()},
-            log_likelihood=ll,
-            sample_stats=stats or None,
-            observed_data={"log_loss": np.log(self.loss)},
-        )
+        with warnings.catch_warnings():
+            # arviz 0.2x announces its 1.0 API change on every call; nothing here to act on
+            warnings.simplefilter("ignore", FutureWarning)
+            return az.from_dict(
+                posterior={k: np.asarray(v) for k, v in self.samples.items()},
+                log_likelihood=ll,
+                sample_stats=stats or None,
+                observed_data={"log_loss": np.log(self.loss)},
+            )
 
     def save(
         self, out_dir: str | Path, *, target_compute: float | None = None, plots: bool = True
@@ -118,6 +135,14 @@ class FitResult:
             "priors": self.priors,
             "ok": self.ok,
             "problems": self.problems,
+            "caveats": self.caveats,
+            "intervals": INTERVAL,
+            "discrepancy": {
+                "a": self.discrepancy.a,
+                "tau_per_decade": self.discrepancy.tau,
+                "source": self.discrepancy.source,
+                "held_out_points": self.discrepancy.n_points,
+            },
             "seconds": self.seconds,
             "point": self.point,
             "diagnostics": {k: v for k, v in self.diagnostics.items() if k in SAVED_DIAGNOSTICS},
@@ -194,7 +219,11 @@ class FitResult:
             ax.set_xlabel(xn)
         plotting.log_axes(ax)
         ax.set_ylabel("loss")
-        ax.set_title(f"{fm.name}: {fm.description} ({self.method}; bands 50/90%)", fontsize=9)
+        ax.set_title(
+            f"{fm.name}: {fm.description} ({self.method}; posterior predictive 50/90% bands, "
+            "with noise and model discrepancy)",
+            fontsize=8,
+        )
         paths += plotting.save_figure(fig, out_dir / "fit_data")
 
         expo = [k for k in fm.params if not k.startswith("log_")]
@@ -229,7 +258,9 @@ class FitResult:
             ax.set_xlabel("C (FLOP)")
             ax.set_ylabel("N_opt")
             ax.legend()
-            ax.set_title("compute-optimal N (Hoffmann 2022 App. D)", fontsize=9)
+            ax.set_title(
+                "compute-optimal N (Hoffmann 2022 App. D; C = 6ND; bands 50/90%)", fontsize=9
+            )
             paths += plotting.save_figure(fig, out_dir / "n_opt")
         return paths
 
@@ -321,10 +352,33 @@ def optimal_summary(res: FitResult, C: float) -> dict[str, dict[str, float]]:
     return {k: _q(v) for k, v in compute_optimal(res, C).items()}
 
 
+def noise_scale(res: FitResult) -> np.ndarray:
+    """Residual scale of log loss per draw: the posterior sigma, or for a point/bootstrap fit the
+    robust scale 1.4826 * MAD of its residuals at the point estimate."""
+    if "sigma" in res.samples:
+        return res.flat("sigma")
+    p = {k: np.asarray([[res.point[k]]]) for k in get_form(res.form).params}
+    r = np.log(res.loss) - mean_log_loss(res.form, p, res.inputs).reshape(-1)
+    n = res.flat(get_form(res.form).params[0]).size
+    return np.full(n, 1.4826 * np.median(np.abs(r - np.median(r))))
+
+
 def predict(
-    res: FitResult, inputs: Mapping[str, Any], *, include_noise: bool = False, seed: int = 0
+    res: FitResult,
+    inputs: Mapping[str, Any],
+    *,
+    noise: bool = True,
+    discrepancy: bool = True,
+    seed: int = 0,
 ) -> pd.DataFrame:
-    """Posterior predictive loss at new inputs: median, mean, 50% and 90% bands (DataFrame)."""
+    """Posterior predictive loss at new inputs: what a new run there would measure.
+
+    Each draw adds observation noise (the fit's Student-t or Gaussian residual on log loss) and
+    the model discrepancy res.discrepancy, whose sd grows with the decades the input lies beyond
+    the data (extrapolation.Discrepancy); noise=False and discrepancy=False give the band of the
+    fitted curve alone. Columns: the inputs, q5/q25/q50/q75/q95 (90% and 50% central bands),
+    mean, and decades_beyond (0 inside the data's range of N, D and C = 6ND).
+    """
 
     fm = get_form(res.form)
     missing = [k for k in fm.inputs if k not in inputs]
@@ -336,23 +390,25 @@ def predict(
     if any((v <= 0).any() or not np.isfinite(v).all() for v in x.values()):
         raise ValueError("predict: inputs must be positive and finite")
     mu = mean_log_loss(res.form, res.samples, x).reshape(-1, n)
-    if include_noise:
-        if "sigma" not in res.samples:
-            raise ValueError("predict: include_noise needs a Bayesian fit with a sigma parameter")
-        rng = np.random.default_rng(seed)
-        sig = res.flat("sigma")[:, None]
+    d_P = X.distance(res.inputs, x)
+    rng = np.random.default_rng(seed)
+    sig = noise_scale(res)[:, None]
+    if noise:
         eps = (
             rng.standard_t(res.df, mu.shape)
             if res.noise == "student_t"
             else rng.standard_normal(mu.shape)
         )
         mu = mu + sig * eps
+    if discrepancy:
+        mu = mu + sig * res.discrepancy.scale(d_P)[None] * rng.standard_normal(mu.shape)
     L = np.exp(mu)
     qs = np.quantile(L, [0.05, 0.25, 0.5, 0.75, 0.95], axis=0)
     out = pd.DataFrame({k: v for k, v in x.items()})
     for q, row in zip(("q5", "q25", "q50", "q75", "q95"), qs):
         out[q] = row
     out["mean"] = L.mean(0)
+    out["decades_beyond"] = d_P
     return out
 
 
@@ -366,5 +422,5 @@ def compare(results: Mapping[str, FitResult], ic: str = "loo") -> pd.DataFrame:
         if r.log_lik is None:
             raise ValueError(f"compare: fit {k!r} ({r.method}) has no pointwise log-likelihood")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # arviz's 1.0 API notice, see above
         return az.compare({k: r.to_inference_data() for k, r in results.items()}, ic=ic)
