@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -370,6 +371,38 @@ def test_disk_full_during_a_checkpoint_names_the_path_and_marks_failed(tmp_path,
     assert _steps(run.checkpoint_dir) == [10]
 
 
+TS_DISK_FULL = (
+    'RESOURCE_EXHAUSTED: Error writing "params.w/0.0" in OCDBT database: Failed to write 197434 '
+    "bytes to file 7: No space left on device [os_error_code='28'] [tensorstore_spec='{\n...'"
+)
+
+
+def test_disk_full_in_a_background_save_is_one_line_and_orbax_logs_are_dropped(
+    tmp_path, monkeypatch, caplog
+):
+    import orbax.checkpoint as ocp
+
+    m = checkpoint.manager(tmp_path / "run" / "checkpoints", TrainConfig())
+    checkpoint.save(m, 10, _state(10.0), HOST)
+    m.wait_until_finished()
+
+    def wait(self):  # how orbax reports a failed async write: tensorstore's ValueError
+        raise ValueError(TS_DISK_FULL)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(ocp.CheckpointManager, "wait_until_finished", wait)
+        with pytest.raises(checkpoint.DiskFull) as e:
+            checkpoint.close(m)
+    m.close()
+    assert "\n" not in str(e.value) and str(tmp_path / "run" / "checkpoints") in str(e.value)
+    # orbax also logs each failing thread's traceback (hundreds of lines); those are dropped.
+    with caplog.at_level(logging.ERROR):
+        logging.getLogger("absl").error("save thread failed", exc_info=ValueError(TS_DISK_FULL))
+        logging.getLogger("asyncio").error("Task exception was never retrieved: " + TS_DISK_FULL)
+        logging.getLogger("absl").error("another failure is still logged")
+    assert [r.getMessage() for r in caplog.records] == ["another failure is still logged"]
+
+
 def test_cli_disk_full_on_metrics_is_one_line_naming_the_run(tmp_path, monkeypatch, capsys):
     real, calls = store.append_jsonl, {"n": 0}
 
@@ -444,7 +477,7 @@ def test_batch_that_cannot_fit_is_refused_before_allocating(tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2
     line = _one_line(err.decode())
-    assert "training needs at least" in line and "GiB of host memory" in line
+    assert "training needs at least" in line and "GiB of host memory" in line and "free" in line
     assert "activations of one microbatch" in line and "train.batch_size (now 1000000000)" in line
     assert not (run / "config.json").exists() and not (run / "checkpoints").exists()
 

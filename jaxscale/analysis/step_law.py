@@ -76,13 +76,41 @@ TARGET = {"lr": "lr_opt", "batch_D": "B_opt", "batch_ND": "B_opt"}
 
 
 @dataclass(frozen=True)
+class LawFit:
+    """A form fitted on inputs divided by their geometric means `ref`, which decorrelates the
+    coefficient from the exponents for the sampler; draws and predictions in natural units."""
+
+    key: str
+    result: F.FitResult
+    ref: dict[str, float]
+
+    def draws(self, param: str) -> np.ndarray:
+        """Posterior draws of a parameter; coef in natural units, c·Π ref_x^-e_x."""
+        if param != "coef":
+            return self.result.flat(param)
+        exps = {"N": "a_N", "D": "b_D"}
+        log_c = self.result.flat("log_coef")
+        for x, r in self.ref.items():
+            log_c = log_c - self.result.flat(exps[x]) * math.log(r)
+        return np.exp(log_c)
+
+    def predict(self, inputs: Mapping[str, Any]) -> pd.DataFrame:
+        """Posterior median and 5/25/75/95% quantiles of the law at the given inputs."""
+        scaled = {x: np.asarray(inputs[x], float) / r for x, r in self.ref.items()}
+        out = F.predict(self.result, scaled)
+        for x in self.ref:
+            out[x] = np.asarray(inputs[x], float)
+        return out
+
+
+@dataclass(frozen=True)
 class StepLawStudy:
     """Per-(N, D, B) LR optima, per-(N, D) best (η, B), the three fits and their caveats."""
 
     points: pd.DataFrame  # N, D, B, lr, loss (inf = diverged)
     optima: pd.DataFrame  # per (N, D, B): lr_opt, log10_lr_opt_se, loss_opt, edge, ...
     best: pd.DataFrame  # per (N, D): lr_opt, lr_edge, B_opt, log10_B_opt_se, B_edge, loss
-    fits: dict[str, F.FitResult | None]
+    fits: dict[str, LawFit | None]
     notes: tuple[str, ...] = ()
     method: str = "nuts"
 
@@ -93,7 +121,7 @@ class StepLawStudy:
             if res is None:
                 continue
             for p, pub in PUBLISHED[key].items():
-                v = res.flat(p)
+                v = res.draws(p)
                 q5, q50, q95 = np.quantile(v, [0.05, 0.5, 0.95])
                 rows.append(
                     {
@@ -117,7 +145,7 @@ class StepLawStudy:
         for key, col in (("lr", "lr_fit"), ("batch_D", "B_fit")):
             res = self.fits.get(key)
             if res is not None:
-                pred = F.predict(res, {k: b[k].to_numpy(float) for k in FORMS[key].inputs})
+                pred = res.predict({k: b[k].to_numpy(float) for k in FORMS[key].inputs})
                 b[col], b[col + "_q5"], b[col + "_q95"] = pred["q50"], pred["q5"], pred["q95"]
         return b
 
@@ -139,7 +167,7 @@ class StepLawStudy:
             "best": _records(self.predictions()),
             "optima": _records(self.optima),
             "fits": {
-                k: (None if r is None else {"ok": r.ok, "problems": r.problems})
+                k: (None if r is None else {"ok": r.result.ok, "problems": r.result.problems})
                 for k, r in self.fits.items()
             },
         }
@@ -252,23 +280,26 @@ def _fit(
     seed: int,
     notes: list[str],
     fit_kw: Mapping[str, Any],
-) -> F.FitResult | None:
+) -> LawFit | None:
     """One form fitted to the bracketed optima, or None (with a note) when they cannot
-    support it."""
+    support it. Replicated inputs count once (the fitter merges them)."""
     fm = FORMS[key]
     ok = ~best["lr_edge"] if key == "lr" else ~best["B_edge"]
     data = best[ok & np.isfinite(best[TARGET[key]])]
-    data = data.assign(**{TARGET[key]: data[TARGET[key]].astype(float)})
+    distinct = len(data[list(fm.inputs)].drop_duplicates())
     spread = [x for x in fm.inputs if data[x].nunique() < 2]
-    if len(data) < fm.min_points or spread:
-        why = f"no spread in {spread}" if spread else f"{len(data)} bracketed optima"
+    if distinct < fm.min_points or spread:
+        why = f"no spread in {spread}" if spread else f"{distinct} distinct bracketed optima"
         notes.append(
             f"{fm.name} not fitted: {why}; it needs >= {fm.min_points} points varying in "
             f"{list(fm.inputs)}"
         )
         return None
+    ref = {x: float(np.exp(np.log(data[x].astype(float)).mean())) for x in fm.inputs}
+    scaled = {x: data[x].to_numpy(float) / ref[x] for x in fm.inputs}
+    scaled[TARGET[key]] = data[TARGET[key]].to_numpy(float)
     res = F.fit(
-        data,
+        scaled,
         fm,
         method=method,
         target=TARGET[key],
@@ -279,7 +310,7 @@ def _fit(
     )
     if not res.ok:
         notes.append(f"{fm.name}: sampler diagnostics failed ({'; '.join(res.problems)})")
-    return res
+    return LawFit(key, res, ref)
 
 
 def analyse(results: str | Path | tuple[pd.DataFrame, pd.DataFrame], **kw: Any) -> StepLawStudy:
@@ -503,12 +534,12 @@ def _plot(st: StepLawStudy, out: Path) -> list[Path]:
 
 
 def _band(
-    ax: Any, res: F.FitResult | None, inputs: dict, x: np.ndarray, color: str, label: str = ""
+    ax: Any, res: LawFit | None, inputs: dict, x: np.ndarray, color: str, label: str = ""
 ) -> None:
     """A fit's posterior median line and 90% band over x (nothing without a fit)."""
     if res is None:
         return
-    p = F.predict(res, inputs)
+    p = res.predict(inputs)
     ax.plot(x, p["q50"], color=color, lw=1.2, label=label or None)
     ax.fill_between(x, p["q5"], p["q95"], color=color, alpha=0.15, lw=0)
 

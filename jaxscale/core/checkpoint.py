@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import logging
 import re
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -47,11 +48,11 @@ _TS_TRANSIENT = ("UNAVAILABLE:", "DEADLINE_EXCEEDED:", "ABORTED:")
 class DiskFull(OSError):
     """A write ran out of space (ENOSPC); the one-line message names what and where."""
 
-    def __init__(self, what: str, where: Any) -> None:
+    def __init__(self, what: str, where: Any, detail: str = "No space left on device") -> None:
         super().__init__(
             errno.ENOSPC,
-            f"disk full (No space left on device) writing {what} to {where}; free space "
-            f"there, then rerun the same command to resume from the last checkpoint",
+            f"disk full ({detail}) writing {what} to {where}; free space there, then rerun "
+            f"the same command to resume from the last checkpoint",
         )
 
 
@@ -98,9 +99,10 @@ def manager(checkpoint_dir: Path, tc: TrainConfig) -> Any:
     """An orbax CheckpointManager on checkpoint_dir keeping tc.keep_checkpoints (async saves)."""
     import orbax.checkpoint as ocp
 
-    absl = logging.getLogger("absl")
-    if _QUIET not in absl.filters:
-        absl.addFilter(_QUIET)
+    for name in ("absl", "asyncio"):  # orbax's own log, and its unawaited write tasks
+        log = logging.getLogger(name)
+        if _QUIET not in log.filters:
+            log.addFilter(_QUIET)
     opts = ocp.CheckpointManagerOptions(
         max_to_keep=tc.keep_checkpoints, create=True, enable_async_checkpointing=True
     )
@@ -126,9 +128,18 @@ def close(mngr: Any) -> None:
 
 def save(mngr: Any, step: int, state: State, host: dict | None = None) -> None:
     """Start an async save of state and the host-side JSON `host` as checkpoint `step`;
-    DiskFull if this save, or an earlier one still finishing, ran out of space."""
+    DiskFull if the disk cannot hold it, or if an earlier save still finishing ran out of
+    space."""
     import orbax.checkpoint as ocp
 
+    # Refuse up front what cannot fit: a save failing in orbax's background threads is
+    # reported late and leaves their noise on stderr. Uncompressed size, this process's share.
+    need = sum(x.nbytes for x in jax.tree.leaves(state)) / jax.process_count()
+    free = shutil.disk_usage(Path(mngr.directory)).free
+    if need > free:
+        raise DiskFull(
+            f"checkpoint {step}", mngr.directory, f"it needs {_mib(need)}, {_mib(free)} free"
+        )
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host or {})
     )
@@ -275,6 +286,10 @@ def _key(k: Any) -> str:
 
 def _fmt(layout: tuple | None) -> str:
     return "absent" if layout is None else f"{layout[1]}{list(layout[0])}"
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
 
 
 def _brief(e: BaseException) -> str:

@@ -97,13 +97,16 @@ def _refuse(cfg: RunConfig, est: dict, parts: tuple, need: float, free: float, w
         "activations": "activations of one microbatch",
         "batches": "data batches",
     }
-    listed = ", ".join(f"{names[p]} {_gib(est[p])}" for p in parts)
+    listed = ", ".join(f"{names[p]} {_size(est[p])}" for p in parts)
     raise ConfigError(
-        f"{cfg.name}: training needs at least {_gib(need)} of {where} ({listed}) but "
-        f"{_gib(free)} is free; lower train.batch_size (now {cfg.train.batch_size}), raise "
+        f"{cfg.name}: training needs at least {_size(need)} of {where} ({listed}) but "
+        f"{_size(free)} is free; lower train.batch_size (now {cfg.train.batch_size}), raise "
         f"train.grad_accum, or train a smaller model (estimate: jaxscale.core.memory.estimate)"
     )
 
 
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.3g} GiB"
+def _size(n: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:.0f} B"

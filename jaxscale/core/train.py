@@ -631,13 +631,13 @@ def _start(
             f"ModelConfig.vocab_size={mc.vocab_size} is smaller than the tokenizer's "
             f"{corpus.vocab_size}; set model.vocab_size={corpus.vocab_size}"
         )
-    data_lib.warn_if_repeated(corpus, base.total_tokens)
     ident = provenance.data_identity(corpus)
     # Every process refuses a directory holding another run (or other data) before any write.
     for c, r in zip(cfgs, runs):
         r.check_identity(c, ident)
     g = setup_group(base, len(cfgs), mesh)
     memory.check(base, len(cfgs), g.base.mesh)
+    data_lib.warn_if_repeated(corpus, base.total_tokens)
     return g, corpus, ident
 
 

@@ -424,58 +424,59 @@ def _potential(
 
 
 @functools.lru_cache(maxsize=64)
-def _newton_programs(spec: _Spec) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """(value, (gradient, Hessian)) of the potential, vectorised over start points.
-
-    The Newton iterations run in Python around these two programs: a compiled loop with the
-    Hessian inside costs seconds more to compile than its iterations take to run.
-    """
-
-    def value(u_MxK: Any, *data: Any) -> Any:
-        return jax.vmap(lambda u: _potential(spec, u, *data))(u_MxK)
-
-    def vgh(u_MxK: Any, *data: Any) -> Any:
-        def one(u: Any) -> Any:
-            # gradient and Hessian from one linearisation of the gradient
-            g, hvp = jax.linearize(jax.grad(lambda v: _potential(spec, v, *data)), u)
-            return g, jax.vmap(hvp)(jnp.eye(u.shape[-1], dtype=u.dtype))
-
-        return jax.vmap(one)(u_MxK)
-
-    return jax.jit(value), jax.jit(vgh)
+def _value_grad_program(spec: _Spec) -> Callable[..., Any]:
+    """Potential and its gradient at a batch of points (the one program the MAP compiles)."""
+    vg = jax.value_and_grad(lambda u, *data: _potential(spec, u, *data))
+    return jax.jit(jax.vmap(vg, in_axes=(0, *(None,) * 5)))
 
 
 def _newton(
     spec: _Spec, u0_MxK: np.ndarray, data: tuple, iters: int, tol: float = 1e-12
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Levenberg-damped Newton with |eigenvalue| Hessian from every start at once; returns the
-    (u, potential, Hessian) of each start."""
-    value, vgh = _newton_programs(spec)
+    (u, potential, Hessian) of each start.
+
+    Hessians are central differences of the exact gradient (step 1e-5, far below any posterior
+    scale: relative error ~1e-9), so one batched value-and-gradient program serves the whole
+    search; a compiled Hessian or a compiled loop costs seconds more to compile than the
+    ~0.2 s the iterations take.
+    """
+    vg = _value_grad_program(spec)
+    M, K = u0_MxK.shape
+    h_K = 1e-5 * np.ones(K)
+    offsets = np.concatenate([np.zeros((1, K)), np.diag(h_K), -np.diag(h_K)])  # (2K+1, K)
+
+    def evaluate(u_MxK: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pts = (u_MxK[:, None, :] + offsets[None]).reshape(-1, K)
+        v, g = vg(jnp.asarray(pts), *data)
+        v = np.asarray(v, np.float64).reshape(M, 2 * K + 1)[:, 0]
+        g = np.asarray(g, np.float64).reshape(M, 2 * K + 1, K)
+        with np.errstate(invalid="ignore", over="ignore"):  # starts far out may overflow
+            H = (g[:, 1 : K + 1] - g[:, K + 1 :]) / (2 * h_K[None, :, None])
+        H = 0.5 * (H + np.swapaxes(H, 1, 2))
+        bad = ~(np.isfinite(v) & np.isfinite(g[:, 0]).all(1) & np.isfinite(H).all((1, 2)))
+        return np.where(bad, np.inf, v), np.where(bad[:, None], 0.0, g[:, 0]), H
+
     u = np.asarray(u0_MxK, np.float64)
-    v = np.asarray(value(jnp.asarray(u), *data), np.float64)
-    v = np.where(np.isfinite(v), v, np.inf)
-    g, H = (np.asarray(a, np.float64) for a in vgh(jnp.asarray(u), *data))
-    lam = np.ones(u.shape[0])
+    v, g, H = evaluate(u)
+    lam = np.ones(M)
+    done = np.zeros(M, bool)
     for _ in range(iters):
-        ok_h = np.isfinite(H).all((1, 2)) & np.isfinite(g).all(1)
-        w, V = np.linalg.eigh(np.where(ok_h[:, None, None], H, np.eye(u.shape[1])))
-        gz = np.einsum("mji,mj->mi", V, np.where(ok_h[:, None], g, 0.0))
+        Hs = np.where(np.isfinite(H).all((1, 2))[:, None, None], H, np.eye(K))
+        w, V = np.linalg.eigh(Hs)
+        gz = np.einsum("mji,mj->mi", V, g)
         un = u - np.einsum("mij,mj->mi", V, gz / (np.abs(w) + lam[:, None]))
-        vn = np.asarray(value(jnp.asarray(un), *data), np.float64)
-        ok = np.isfinite(vn) & (vn < v) & np.isfinite(un).all(1)
+        vn, gn, Hn = evaluate(un)
+        ok = np.isfinite(vn) & (vn < v)
         gain = np.where(ok, v - vn, 0.0)
         u, v = np.where(ok[:, None], un, u), np.where(ok, vn, v)
+        g, H = np.where(ok[:, None], gn, g), np.where(ok[:, None, None], Hn, H)
         lam = np.where(ok, lam * 0.2, lam * 10.0)
-        g, H = (np.asarray(a, np.float64) for a in vgh(jnp.asarray(u), *data))
-        # stop once no start gains more than tol (relative) from a full Newton step
-        if not np.any(gain > tol * (1.0 + np.abs(v))) and np.all(lam >= 1.0):
+        # a start is done when a step it took gained nothing, or no step helps any more
+        done |= (ok & (gain <= tol * (1.0 + np.abs(v)))) | (lam > 1e8) | ~np.isfinite(v)
+        if done.all():
             break
     return u, v, H
-
-
-@functools.lru_cache(maxsize=64)
-def _natural_program(spec: _Spec) -> Callable[..., Any]:
-    return jax.jit(lambda u, pa, ce: _natural(spec, u, pa, ce)[0])
 
 
 @functools.lru_cache(maxsize=64)
@@ -505,7 +506,8 @@ def _nuts_program(
         state = init_kernel(
             z0_K,
             num_warmup,
-            adapt_mass_matrix=False,
+            adapt_mass_matrix=True,
+            dense_mass=True,
             target_accept_prob=target_accept,
             max_tree_depth=max_tree_depth,
             model_args=args,
@@ -746,6 +748,13 @@ def _to_unconstrained(prior: Prior, v: np.ndarray) -> np.ndarray:
     return np.log(v) if prior.family != "normal" else v
 
 
+def _from_unconstrained(prior: Prior, z: np.ndarray) -> np.ndarray:
+    """numpy version of numpyro's biject_to for the prior's support."""
+    if prior.family == "uniform":
+        return prior.a + (prior.b - prior.a) / (1.0 + np.exp(-z))
+    return np.exp(z) if prior.family != "normal" else z
+
+
 def _init_points(prob: Problem, centers: Mapping[str, float], m: int, seed: int) -> np.ndarray:
     """Prior median plus m-1 prior draws, in the unconstrained (sampled) space."""
     rng = np.random.default_rng(seed)
@@ -797,9 +806,15 @@ def _laplace(
 
 
 def _samples(prob: Problem, u_CxSxK: np.ndarray, w_P: np.ndarray) -> dict[str, np.ndarray]:
-    _, _, _, pa, ce = _arrays(prob, w_P)
-    p = _natural_program(prob.spec)(jnp.asarray(u_CxSxK), pa, ce)
-    return _with_natural({k: np.asarray(v, np.float64) for k, v in p.items()})
+    """Natural parameters (and X for each log_X) of unconstrained draws, in numpy."""
+    lx = {k: np.log(v) for k, v in prob.data.x.items()}
+    centers = {k: float(np.sum(w_P * v) / np.sum(w_P)) for k, v in lx.items()}
+    u = np.asarray(u_CxSxK, np.float64)
+    z = {n: u[..., i] for i, n in enumerate(prob.form.sites)}
+    p = {n: _from_unconstrained(pr, z[n]) for n, pr in prob.priors.items() if n in z}
+    for n, (coef, inp) in prob.form.shear.items():
+        p[n] = z[f"{n}_c"] + (1.0 if coef is None else p[coef]) * centers[inp]
+    return _with_natural({n: p[n] for n in prob.priors})
 
 
 def _with_natural(samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -3,6 +3,7 @@ comparison of fits. Every interval is a central 90% interval (q5-q95), the kit's
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from collections.abc import Mapping, Sequence
@@ -11,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -265,17 +265,21 @@ class FitResult:
         return paths
 
 
+@functools.lru_cache(maxsize=32)
+def _log_loss_program(form: str) -> Any:
+    return jax.jit(get_form(form).log_loss)
+
+
 def mean_log_loss(form: str, samples: Mapping[str, Any], x: Mapping[str, Any]) -> np.ndarray:
     """Form mean of log loss per draw at inputs x: (chains, draws, n)."""
     fm = get_form(form)
+    shape = np.shape(samples[fm.params[0]])
+    n = np.asarray(next(iter(x.values()))).size
     with jax.enable_x64(True):
-        lx = {
-            k: jnp.log(jnp.asarray(np.asarray(x[k], np.float64)))[None, None, :] for k in fm.inputs
-        }
-        p = {k: jnp.asarray(samples[k])[..., None] for k in fm.params}
-        mu = fm.log_loss(lx, p)
-        n = np.asarray(next(iter(x.values()))).size
-        return np.asarray(jnp.broadcast_to(mu, (*np.shape(samples[fm.params[0]]), n)))
+        lx = {k: np.log(np.asarray(x[k], np.float64))[None, None, :] for k in fm.inputs}
+        p = {k: np.asarray(samples[k], np.float64).reshape(shape)[..., None] for k in fm.params}
+        mu = np.asarray(_log_loss_program(fm.name)(lx, p))
+    return np.broadcast_to(mu, (*shape, n))
 
 
 # --------------------------------------------------------------------------------------------
