@@ -5,17 +5,18 @@
 
 5 sizes (25k–0.8M non-embedding params) × 4 token counts (2^17–2^20 tokens, context 128):
 every size sees every data amount, so the fitter separates the N and D terms. Each run's peak
-LR comes from LR_RULE, the kit's own LR study (runs.hparams.LR_STUDY_TINY, measured on
-3k–25k parameters at 76,800 tokens): sizes and token counts beyond that are extrapolations,
-listed by `jaxscale.runs.hparams.explain(runs(), LR_RULE)`; a Step Law study of this range
-(experiments/step_law.py) is what would replace it.
+LR comes from LR_RULE (runs.hparams.LR_BYTE_SMALL, η = 8.65·N^-0.70, measured on 3k–99k
+parameters, 7.7e4–1.6e6 tokens, 512 tokens/step): the larger sizes and this grid's 1024
+tokens/step are extrapolations, listed with their 90% intervals by
+`jaxscale.runs.hparams.explain(runs(), LR_RULE)`; a Step Law study of this range
+(experiments/step_law.py) is what would replace the rule.
 """
 
 from __future__ import annotations
 
 from jaxscale.config import ModelConfig, RunConfig, TrainConfig
 from jaxscale.runs.grids import nd_grid_runs
-from jaxscale.runs.hparams import LR_STUDY_TINY, Rule
+from jaxscale.runs.hparams import LR_BYTE_SMALL, Rule
 
 NAME = "nd_grid"
 DESCRIPTION = "every model size × every token count, for a joint L(N, D) fit"
@@ -25,7 +26,7 @@ CONVENTION = "kaplan_attn"
 
 # A per-size LR (small models want larger ones): one LR for every size would confound the
 # fitted exponents with LR mistuning. Pass lr_rule=Constant(2e-3) for the old grid.
-LR_RULE: Rule = LR_STUDY_TINY
+LR_RULE: Rule = LR_BYTE_SMALL
 
 
 def runs(

@@ -4,8 +4,9 @@
     jaxscale frontier results/quickstart                    # envelope, N_opt(C), plots
 
 3 compute budgets (3e10, 1e11, 3e11 kaplan_attn FLOPs) × 4 model sizes each, 3k–100k
-non-embedding parameters (7k–120k in total), context 128, batch 4 sequences. Each run trains
-for the tokens that spend its budget exactly, up to step rounding (under 0.3% here;
+non-embedding parameters (7k–120k in total), context 128, batch 4 sequences, each size at
+the peak LR of LR_RULE (0.031 at 3k down to 0.0027 at 99k; train.lr_rule records it). Each
+run trains for the tokens that spend its budget exactly, up to step rounding (under 0.3% here;
 `jaxscale sweep status` shows it). At these budgets byte-level models are compute-optimal
 near 1e4 parameters, so each profile's sizes bracket that: profiles of 50k–1M-parameter
 models were all still falling towards their smallest size, leaving only extrapolated vertices.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from jaxscale.runs.grids import isoflop_runs
-from jaxscale.runs.hparams import LR_STUDY_TINY, Rule
+from jaxscale.runs.hparams import LR_BYTE_SMALL, Rule
 
 NAME = "quickstart"
 DESCRIPTION = "isoFLOP profiles of small byte-level transformers on Python stdlib source"
@@ -43,11 +44,12 @@ TINY_BUDGETS = {
 
 
 # Each size trains at its own peak LR: one LR for all sizes confounds the fitted exponents with
-# LR mistuning (small models want larger LRs). The rule is the kit's own LR study, checked at
-# six of these runs by `experiments/step_law.py --setting quickstart`, where its LRs sat inside
-# every measured basin; Step Law's constants gave 5-10x larger LRs and 4-8% higher losses here
+# LR mistuning (the best LR falls ~20x from 3k to 99k parameters here). LR_BYTE_SMALL is fitted
+# to LR optima measured at six of these very runs (`experiments/step_law.py --setting
+# quickstart`) and two from the kit's LR study: η = 8.65·N^-0.70, no D term (none measurable at
+# this scale). Step Law's constants give 5-20x larger LRs here, which cost 3-15% in loss
 # (docs/hyperparameters.md). Pass lr_rule=Constant(3e-3) for the old single-LR quickstart.
-LR_RULE: Rule = LR_STUDY_TINY
+LR_RULE: Rule = LR_BYTE_SMALL
 
 
 def runs(

@@ -3,6 +3,7 @@ apply them (a few seconds, no training)."""
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from jaxscale.config import ConfigError, DataConfig, ModelConfig, RunConfig, Tra
 from jaxscale.core import flops, train
 from jaxscale.runs import grids
 from jaxscale.runs.hparams import (
+    LR_BYTE_SMALL,
     LR_STUDY_TINY,
     Constant,
     Domain,
@@ -20,6 +22,7 @@ from jaxscale.runs.hparams import (
     StepLaw,
     explain,
 )
+from jaxscale.runs.study import load_study
 
 BASE = RunConfig(
     model=ModelConfig(context_length=64, vocab_size=257),
@@ -124,6 +127,46 @@ def test_lr_study_tiny_reproduces_the_measured_optima():
     assert LR_STUDY_TINY(3120, 76800, 512) == pytest.approx(0.0347, rel=0.01)
     assert LR_STUDY_TINY(24736, 76800, 512) == pytest.approx(0.00982, rel=0.01)
     assert LR_STUDY_TINY.at(98624, 76800, 512).warnings  # the 99k optimum was not bracketed
+
+
+# The eight bracketed optima behind LR_BYTE_SMALL (N, D, η*): experiments/lr.py tiny at B = 8 × 64
+# tokens, then experiments/step_law.py quickstart at 4 × 128 (docs/hyperparameters.md).
+BYTE_SMALL_OPTIMA = [
+    (3120, 76800, 0.0346906),
+    (24736, 76800, 0.00982494),
+    (3120, 967680, 0.0241816),
+    (6224, 1614848, 0.0145224),
+    (24736, 152064, 0.00710585),
+    (24736, 1518592, 0.0115680),
+    (55536, 245760, 0.00409167),
+    (98624, 434688, 0.00176763),
+]
+
+
+def test_lr_byte_small_is_the_fit_of_its_optima_and_covers_the_quickstart():
+    N, D, lr = (np.array(c, float) for c in zip(*BYTE_SMALL_OPTIMA))
+    r = PowerLaw.fit(N, D, np.full(N.size, 512.0), lr, axes=("N",))
+    assert r.coef == pytest.approx(LR_BYTE_SMALL.coef, rel=1e-4)
+    assert r.exp_N == pytest.approx(LR_BYTE_SMALL.exp_N, rel=1e-4)
+    assert np.allclose(r.interval.cov, LR_BYTE_SMALL.interval.cov, rtol=1e-4)
+    assert r.domain == LR_BYTE_SMALL.domain
+    # With D free the same optima show no D dependence; Step Law's 0.307 lies outside.
+    rd = PowerLaw.fit(N, D, np.full(N.size, 512.0), lr, axes=("N", "D"))
+    half = 1.6449 * math.sqrt(rd.interval.cov[2][2])
+    assert rd.exp_D - half < 0 < rd.exp_D + half < StepLaw().exp_D
+    quickstart = _study("quickstart").runs("default")
+    t = explain(quickstart, LR_BYTE_SMALL)
+    assert np.allclose(t["lr"], t["rule_lr"])
+    warned = t[t["warnings"] != ""]  # only the longest run, at 1.9× the largest D checked
+    assert (
+        len(warned) == 1
+        and warned["D"].iloc[0] > 3e6
+        and "D=3.03e+06" in warned["warnings"].iloc[0]
+    )
+
+
+def _study(name):
+    return load_study(Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py")
 
 
 def test_isoflop_and_nd_grids_apply_and_record_rules():

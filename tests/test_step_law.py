@@ -17,7 +17,7 @@ from jaxscale.cli import step_law as step_law_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 NS, DS = [1e6, 4e6, 1.6e7, 6.4e7], [1e8, 2e8, 4e8, 8e8, 1.6e9]
-FAST_NUTS = {"chains": 4, "warmup": 500, "draws": 1000}
+FAST_NUTS = {"chains": 4, "warmup": 1000, "draws": 1000}
 
 
 def _truth(pl: S.PlantedLandscape) -> dict[str, dict[str, float]]:

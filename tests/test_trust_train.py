@@ -4,6 +4,7 @@ infrastructure (full disks, SIGTERM at start-up, batches that cannot fit) as one
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -468,6 +469,28 @@ def test_sigterm_during_startup_exits_cleanly_having_written_nothing(tmp_path, m
     assert out.returncode == 0, out.stderr[-2000:]
     assert "preempted" in _one_line(out.stderr) and "run the same command again" in out.stderr
     assert list(run.iterdir()) == []  # no config, manifest, metrics, checkpoint or lock
+
+
+def test_sigterm_during_the_first_compile_checkpoints_that_step_and_stops(tmp_path, monkeypatch):
+    real_setup = train.setup_group
+
+    def setup_group(*args, **kw):
+        g = real_setup(*args, **kw)
+        fired = []
+
+        def step_fn(*a):
+            if not fired:  # the signal lands while the first call compiles
+                fired.append(True)
+                os.kill(os.getpid(), signal.SIGTERM)
+            return g.step_fn(*a)
+
+        return dataclasses.replace(g, step_fn=step_fn)
+
+    monkeypatch.setattr(train, "setup_group", setup_group)
+    run = RunDir(tmp_path / "run")
+    s = train.train(_cfg(steps=20), run, progress=False)
+    assert s["status"] == "preempted" and s["steps"] == 1
+    assert _steps(run.checkpoint_dir) == [1] and [r["step"] for r in run.read_metrics()] == [1]
 
 
 def test_batch_that_cannot_fit_is_refused_before_allocating(tmp_path):

@@ -289,7 +289,9 @@ def _fit(
     distinct = len(data[list(fm.inputs)].drop_duplicates())
     spread = [x for x in fm.inputs if data[x].nunique() < 2]
     if distinct < fm.min_points or spread:
-        why = f"no spread in {spread}" if spread else f"{distinct} distinct bracketed optima"
+        why = f"{distinct} distinct bracketed optima" + (
+            f", no spread in {spread}" if spread else ""
+        )
         notes.append(
             f"{fm.name} not fitted: {why}; it needs >= {fm.min_points} points varying in "
             f"{list(fm.inputs)}"
@@ -448,78 +450,94 @@ def _describe(st: StepLawStudy) -> str:
 
 
 def _plot(st: StepLawStudy, out: Path) -> list[Path]:
-    plt = plotting.pyplot()
-    pairs = list(st.best[["N", "D"]].itertuples(index=False, name=None))
-    Ns, Ds = sorted({n for n, _ in pairs}), sorted({d for _, d in pairs})
-    fig, axs = plt.subplots(len(Ns), len(Ds), figsize=(3.6 * len(Ds), 3.0 * len(Ns)), squeeze=False)
-    sl = StepLaw()
-    pred = st.predictions()
-    finite = st.points[np.isfinite(st.points["loss"])]
-    for (N, D), ax in ((p, axs[Ns.index(p[0])][Ds.index(p[1])]) for p in pairs):
-        g = finite[(finite["N"] == N) & (finite["D"] == D)]
-        rel = 100 * (g["loss"] / g["loss"].min() - 1)
-        sc = ax.scatter(g["lr"], g["B"], c=np.minimum(rel, 5.0), cmap="viridis_r", s=30)
-        dv = st.points[
-            (st.points["N"] == N) & (st.points["D"] == D) & ~np.isfinite(st.points["loss"])
-        ]
-        ax.plot(dv["lr"], dv["B"], "x", color="red", ms=6)
-        r = pred[(pred["N"] == N) & (pred["D"] == D)].iloc[0]
-        b_star = r["B_opt"] if not r["B_edge"] and math.isfinite(r["B_opt"]) else r["B"]
-        ax.plot([r["lr_opt"]], [b_star], "*", color="k", ms=12, label="measured optimum")
-        ax.plot(
-            [sl(N, D, 1.0)], [sl.batch(N, D, 1.0)], "D", mfc="none", color="C3", label="Step Law"
-        )
-        if "lr_fit" in r and math.isfinite(r.get("lr_fit", math.nan)):
-            b_fit = r.get("B_fit", b_star)
-            ax.plot(
-                [r["lr_fit"]],
-                [b_fit if math.isfinite(b_fit) else b_star],
-                "o",
-                mfc="none",
-                color="C0",
-                label="fitted laws",
-            )
-        ax.set(xscale="log", yscale="log", title=f"N={N:.3g}, D={D:.3g}")
-        ax.tick_params(labelsize=7)
-    for ax in axs[-1]:
-        ax.set_xlabel("peak LR η")
-    for row in axs:
-        row[0].set_ylabel("B [tokens/step]")
-    fig.colorbar(sc, ax=axs, shrink=0.6, label="loss above the (N, D) minimum [%] (capped at 5)")
-    axs[0][0].legend(fontsize=6)
-    paths = plotting.save_figure(fig, out / "step_law_landscape")
+    return _plot_landscapes(st, out) + _plot_laws(st, out)
 
+
+def _plot_landscapes(st: StepLawStudy, out: Path) -> list[Path]:
+    """One panel per (N, D): runs over (η, B) coloured by loss above the panel's minimum, or
+    loss vs η when the panel has one batch size; ★ measured optimum, ◇ Step Law, ○ fitted."""
+    plt = plotting.pyplot()
+    pred = st.predictions()
+    ncol = min(4, len(pred))
+    nrow = -(-len(pred) // ncol)
+    fig, axs = plt.subplots(
+        nrow, ncol, figsize=(3.8 * ncol, 3.2 * nrow), squeeze=False, layout="constrained"
+    )
+    sl = StepLaw()
+    sc = None
+    for ax, (_, r) in zip(axs.flat, pred.iterrows()):
+        N, D = r["N"], r["D"]
+        g = st.points[(st.points["N"] == N) & (st.points["D"] == D)].sort_values("lr")
+        ok, dv = g[np.isfinite(g["loss"])], g[~np.isfinite(g["loss"])]
+        marks = [
+            (r["lr_opt"], "*", "k", "measured optimum"),
+            (sl(N, D, 1.0), "D", "C3", "Step Law"),
+        ]
+        if math.isfinite(r.get("lr_fit", math.nan)):
+            marks.append((r["lr_fit"], "o", "C0", "fitted law (median)"))
+        if r["n_batches"] == 1:
+            ax.plot(ok["lr"], ok["loss"], "o-", color="0.4", ms=4)
+            ax.plot(dv["lr"], np.full(len(dv), ok["loss"].max()), "x", color="red")
+            for x, m, c, lab in marks:
+                ax.axvline(x, color=c, lw=1, ls="--" if m != "*" else "-", label=lab)
+            ax.set(xscale="log", ylabel=f"loss (B = {r['B']:.0f} tokens)")
+        else:
+            rel = 100 * (ok["loss"] / ok["loss"].min() - 1)
+            sc = ax.scatter(ok["lr"], ok["B"], c=np.minimum(rel, 5.0), cmap="viridis_r", s=30)
+            ax.plot(dv["lr"], dv["B"], "x", color="red", ms=6)
+            b_star = r["B_opt"] if not r["B_edge"] else r["B"]
+            b_fit = r.get("B_fit", b_star)
+            bs = {"*": b_star, "D": sl.batch(N, D, 1.0), "o": b_fit}
+            for x, m, c, lab in marks:
+                ax.plot([x], [bs[m]], m, color=c, mfc=c if m == "*" else "none", ms=9, label=lab)
+            ax.set(xscale="log", yscale="log", ylabel="B [tokens/step]")
+        ax.set_title(f"N={N:.3g}, D={D:.3g}", fontsize=9)
+        ax.set_xlabel("peak LR η")
+        ax.tick_params(labelsize=7)
+    for ax in list(axs.flat)[len(pred) :]:
+        ax.set_visible(False)
+    if sc is not None:
+        fig.colorbar(sc, ax=axs, shrink=0.6, label="loss above the (N, D) minimum [%] (cap 5)")
+    axs.flat[0].legend(fontsize=6)
+    return plotting.save_figure(fig, out / "step_law_landscape")
+
+
+def _plot_laws(st: StepLawStudy, out: Path) -> list[Path]:
+    """η_opt vs N per D (fit median per D, its 90% band at the middle D; Step Law dotted) and
+    B_opt vs D (fit with band; Step Law dotted), bracketed optima with 90% error bars."""
+    plt = plotting.pyplot()
+    pred = st.predictions()
+    sl = StepLaw()
+    Ns, Ds = sorted(pred["N"].unique()), sorted(pred["D"].unique())
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
     ok = pred[~pred["lr_edge"]]
+    ns = np.geomspace(min(Ns), max(Ns), 30)
     for j, D in enumerate(Ds):
         o = ok[ok["D"] == D]
         yerr = _errbar(o["lr_opt"], o["log10_lr_opt_se"])
-        ax.errorbar(
-            o["N"], o["lr_opt"], yerr=yerr, fmt="o", color=f"C{j}", label=f"D={D:.3g}", capsize=3
-        )
-        ns = np.geomspace(min(Ns), max(Ns), 30)
-        ax.plot(ns, sl(ns, D, 1.0), ":", color=f"C{j}", lw=1)
-        _band(ax, st.fits.get("lr"), {"N": ns, "D": np.full_like(ns, D)}, ns, f"C{j}")
+        c = f"C{j % 10}"
+        ax.errorbar(o["N"], o["lr_opt"], yerr=yerr, fmt="o", color=c, label=f"D={D:.3g}", capsize=3)
+        ax.plot(ns, sl(ns, D, 1.0), ":", color=c, lw=1)
+        mid = j == len(Ds) // 2
+        _band(ax, st.fits.get("lr"), {"N": ns, "D": np.full_like(ns, D)}, ns, c, band=mid)
     ax.set(
         xscale="log",
         yscale="log",
         xlabel="non-embedding parameters N",
         ylabel="η_opt",
-        title=f"η_opt(N, D): fit (line, {LEVEL:.0%} band), Step Law (dotted)",
+        title=f"η_opt(N, D): fit (line; {LEVEL:.0%} band at the middle D), Step Law (dotted)",
     )
+    ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
     okb = pred[~pred["B_edge"] & np.isfinite(pred["B_opt"])]
-    bx.errorbar(
-        okb["D"],
-        okb["B_opt"],
-        yerr=_errbar(okb["B_opt"], okb["log10_B_opt_se"]),
-        fmt="o",
-        color="k",
-        capsize=3,
-        label="measured B_opt",
-    )
     ds = np.geomspace(min(Ds), max(Ds), 30)
     bx.plot(ds, sl.batch(1.0, ds, 1.0), ":", color="C3", label="Step Law 0.58·D^0.571")
+    if len(okb):
+        yerr = _errbar(okb["B_opt"], okb["log10_B_opt_se"])
+        bx.errorbar(okb["D"], okb["B_opt"], yerr=yerr, fmt="o", color="k", capsize=3, label="B_opt")
+    else:
+        bx.text(0.5, 0.5, "B_opt not measured\n(fewer than 3 bracketing batch sizes)",
+                transform=bx.transAxes, ha="center", fontsize=9)  # fmt: skip
     _band(bx, st.fits.get("batch_D"), {"D": ds}, ds, "C0", label="fit c·D^b")
     bx.set(
         xscale="log",
@@ -530,18 +548,25 @@ def _plot(st: StepLawStudy, out: Path) -> list[Path]:
     )
     bx.legend(fontsize=7)
     fig.tight_layout()
-    return paths + plotting.save_figure(fig, out / "step_law")
+    return plotting.save_figure(fig, out / "step_law")
 
 
 def _band(
-    ax: Any, res: LawFit | None, inputs: dict, x: np.ndarray, color: str, label: str = ""
+    ax: Any,
+    res: LawFit | None,
+    inputs: dict,
+    x: np.ndarray,
+    color: str,
+    label: str = "",
+    band: bool = True,
 ) -> None:
-    """A fit's posterior median line and 90% band over x (nothing without a fit)."""
+    """A fit's posterior median line and (band=True) 90% band over x; nothing without a fit."""
     if res is None:
         return
     p = res.predict(inputs)
     ax.plot(x, p["q50"], color=color, lw=1.2, label=label or None)
-    ax.fill_between(x, p["q5"], p["q95"], color=color, alpha=0.15, lw=0)
+    if band:
+        ax.fill_between(x, p["q5"], p["q95"], color=color, alpha=0.15, lw=0)
 
 
 def _errbar(v: pd.Series, log10_se: pd.Series) -> np.ndarray:

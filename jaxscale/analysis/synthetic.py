@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from jaxscale.analysis.width_depth import tagged_level
 from jaxscale.config import ModelConfig, RunConfig, TrainConfig
@@ -186,3 +187,53 @@ def write_synthetic_results(
             },
         )
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Final losses from laws the Chinchilla form does not contain (misspecification tests)
+# --------------------------------------------------------------------------------------------
+
+MISSPECIFIED = ("kaplan", "cross", "lr_mistuned")
+
+
+def misspecified_law(kind: str, N: Any, D: Any) -> np.ndarray:
+    """Loss of a planted law that L = E + A/N^a + B/D^b only approximates.
+
+    kaplan: Kaplan et al. 2020 eq. 1.5, L = [(Nc/N)^(aN/aD) + Dc/D]^aD with their fitted
+    constants (Nc 8.8e13, Dc 5.4e13, aN 0.076, aD 0.095): no irreducible term, the terms
+    combine inside a power. cross: Hoffmann 2022 eq. 2 (E 1.69, A 406.4, B 410.7, alpha 0.34,
+    beta 0.28) plus an N-D interaction G/(N^alpha D^beta), G = 3e4. lr_mistuned: the same
+    Chinchilla law with every run at the learning rate tuned for N0 = 1e8, costing
+    1.5% per squared decade of N away from it (Kaplan 2020 Fig. 22; Wortsman et al. 2023).
+    """
+    N, D = np.asarray(N, np.float64), np.asarray(D, np.float64)
+    chin = 1.69 + 406.4 / N**0.34 + 410.7 / D**0.28
+    if kind == "kaplan":
+        return ((8.8e13 / N) ** (0.076 / 0.095) + 5.4e13 / D) ** 0.095
+    if kind == "cross":
+        return chin + 3e4 / (N**0.34 * D**0.28)
+    if kind == "lr_mistuned":
+        return chin * (1.0 + 0.015 * np.log10(N / 1e8) ** 2)
+    raise ValueError(f"misspecified_law: unknown kind {kind!r}; choose one of {MISSPECIFIED}")
+
+
+def misspecified_isoflop(
+    kind: str,
+    budgets: Sequence[float] = (1e18, 3e18, 1e19, 3e19, 1e20, 3e20),
+    *,
+    sizes: int = 7,
+    noise: float = 0.005,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """An isoFLOP design (Hoffmann 2022 approach 2: `sizes` model sizes per budget around
+    N = sqrt(C/120), a factor 6 either side) with losses from misspecified_law times lognormal
+    noise (sd `noise` on log loss); DataFrame with N, D, C = 6ND, budget and loss."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in budgets:
+        Ns = math.sqrt(c / 120) * np.geomspace(1 / 6, 6, sizes)
+        for n in Ns:
+            d = c / (6 * n)
+            loss = float(misspecified_law(kind, n, d)) * math.exp(noise * rng.standard_normal())
+            rows.append({"N": n, "D": d, "C": c, "budget": c, "loss": loss})
+    return pd.DataFrame(rows)

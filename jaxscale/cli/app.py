@@ -152,7 +152,7 @@ def _cmd_study(args: argparse.Namespace, extra: Sequence[str]) -> int:
         return rep.exit_code
     if args.no_report:
         return rep.exit_code
-    path, lines = report.build_report(
+    built = report.build_report(
         results,
         convention=conv,
         fit_draws=args.fit_draws,
@@ -160,10 +160,10 @@ def _cmd_study(args: argparse.Namespace, extra: Sequence[str]) -> int:
         study=args.study,
         setting=args.setting,
     )
-    for line in lines:
+    for line in built.headlines:
         print("  " + line)
-    print(f"report: {path}")
-    return rep.exit_code
+    print(f"report: {built.path}")
+    return rep.exit_code or built.exit_code
 
 
 def summary_paragraph(s: dict, run_dir: str) -> str:
@@ -234,7 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
         "study",
         help="run a study end to end: sweep -> frontier -> Bayesian fit -> HTML report",
         description="Run every pending run of a study file (resumable, idempotent), then "
-        "write <results>/report/report.html with the frontier, the fit and extrapolations.",
+        "write <results>/report/report.html with the frontier, the study's own backtest, the "
+        "fit and extrapolations.",
+        epilog="exit codes: 0 done and every report check passed; 1 a run failed, or the "
+        "report's numbers failed their own checks (fit diagnostics, backtest; the report's "
+        "first line and banner say which); 2 bad input; 3 preempted or unfinished (rerun to "
+        "resume); 4 runs held by other live workers",
     )
     q.add_argument("study", help="study file, e.g. experiments/quickstart.py")
     q.add_argument("--setting", default="default", help="study setting, e.g. tiny")

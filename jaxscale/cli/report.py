@@ -43,6 +43,32 @@ class Section:
     body: str
     headline: list[str] = field(default_factory=list)
     result: Any = None  # the analysis behind it, for sections that compare analyses
+    # why this section's numbers fail their own checks (diagnostics, backtest): each one is a
+    # banner at the top of the report and makes `jaxscale report` exit 1
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Report:
+    """The written report: its path, the headline lines and the checks it failed."""
+
+    path: Path
+    headlines: list[str]
+    failures: list[str]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every check passed, 1 when any failed (EXIT_CODES)."""
+        return 1 if self.failures else 0
+
+
+EXIT_CODES = (
+    "exit codes: 0 every check passed; 1 some number failed its own check — the Bayesian "
+    "fit's diagnostics (R-hat > 1.01, low ESS, divergences) or the study's own backtest "
+    "(the top budget predicted from the others falls outside its 90% bands more often than "
+    "a calibrated band would) — the report then opens with a banner saying which, and "
+    "extrapolations are dropped or marked; 2 bad input"
+)
 
 
 def _img(path: Path) -> str:
@@ -160,7 +186,7 @@ def reconcile_section(fr: frontier.Frontier | None, res: Any) -> Section:
     return Section("Approach 2 vs Approach 3", body, [headline], result=r)
 
 
-def fit_section(
+def backtest_section(
     results: Path,
     out: Path,
     convention: str,
@@ -171,41 +197,126 @@ def fit_section(
     seed: int,
     run_ids: Collection[str] | None = None,
 ) -> Section:
-
+    """The study predicts its own top budget from the others (when it has >= 3 budgets)."""
     df = fit.load_fit_data(results, flops_convention=convention, run_ids=run_ids)
-    res = fit.fit(df, "chinchilla", chains=chains, warmup=warmup, draws=draws, seed=seed)
+    prob = fit.setup(df, "chinchilla")
+    c = prob.data.level_c if prob.data.level_c is not None else 6 * df["N"] * df["D"]
+    n_budgets = int(fit.extrapolation.levels(c).max()) + 1
+    if n_budgets < 3:
+        line = (
+            f"backtest: not run — {n_budgets} compute budget(s); predicting the top budget "
+            "from the others needs at least 3 (train one more budget to check the fit)"
+        )
+        return Section("Backtest", f"<p>{html.escape(line)}</p>", [line])
+    held = fit.holdout_mask(prob, "top-budget")
+    bt = fit.backtests.backtest_problem(
+        prob,
+        held,
+        "top-budget",
+        chains=chains,
+        warmup=warmup,
+        draws=draws,
+        seed=seed,
+        quiet=True,
+    )
+    paths = bt.save(out / "backtest")
+    failures = [] if bt.passed else [bt.headline()]
+    verdict = "PASSED" if bt.passed else "FAILED"
+    body = (
+        f"<p>The fit of L(N, D) on the {bt.fit.loss.size} runs below the top budget predicts "
+        f"the {bt.n} runs of the top budget. Each prediction is posterior predictive (residual "
+        "noise and a model-discrepancy term growing with the decades beyond the fitted runs; "
+        f"{html.escape(bt.fit.discrepancy.describe())}); the check is whether each actual loss "
+        "falls in its 90% band.</p>"
+        f"<p><b>Backtest {verdict}: {html.escape(bt.headline())}</b></p>"
+        + _table(bt.points.set_index(bt.points.columns[0]))
+        + "".join(f"<div class='warn'>{html.escape(c)}</div>" for c in bt.fit.caveats)
+        + "".join(_img(p) for p in paths if p.suffix == ".png")
+    )
+    return Section("Backtest", body, [bt.headline()], result=bt, failures=failures)
+
+
+def fit_section(
+    results: Path,
+    out: Path,
+    convention: str,
+    *,
+    draws: int,
+    warmup: int,
+    chains: int,
+    seed: int,
+    run_ids: Collection[str] | None = None,
+    backtest: Any = None,
+) -> Section:
+    """Bayesian L(N, D) fit, what it cannot tell, and extrapolations marked by their reach."""
+    df = fit.load_fit_data(results, flops_convention=convention, run_ids=run_ids)
+    res = fit.fit(
+        df,
+        "chinchilla",
+        chains=chains,
+        warmup=warmup,
+        draws=draws,
+        seed=seed,
+        quiet=True,
+        discrepancy="estimate",
+    )
     c_max = float(df["C"].max()) if "C" in df else float((6 * df["N"] * df["D"]).max())
     targets = [10 * c_max, 100 * c_max]
     paths = res.save(out / "fit", target_compute=targets[0])
-    rows, lines = [], []
-    for c in targets:
-        s = fit.optimal_summary(res, c)
-        pred = fit.predict(res, {"N": [s["N_opt"]["q50"]], "D": [s["D_opt"]["q50"]]})
-        rows.append(
-            f"<tr><td>{c:.3g}</td><td>{_q(s['N_opt'])}</td><td>{_q(s['D_opt'])}</td>"
-            f"<td>{_q(s['tokens_per_param'])}</td>"
-            f"<td>{pred['q50'][0]:.4f} [{pred['q5'][0]:.4f}, {pred['q95'][0]:.4f}]</td></tr>"
-        )
     a = fit.optimal_summary(res, targets[0])["a"]
-    lines.append(
+    lines = [
         f"Chinchilla fit: N_opt ∝ C^a with a = {_q(a)} (median [90% interval]); "
         f"diagnostics {'OK' if res.ok else 'FAILED: ' + '; '.join(res.problems)}"
-    )
-    summ = res.table()
+    ]
+    failures = [] if res.ok else ["fit diagnostics FAILED: " + "; ".join(res.problems)]
+    untrusted = backtest is not None and not backtest.passed
+    if not res.ok:
+        extrap = (
+            "<p class='err'>Extrapolations not shown: the fit failed its diagnostics, so its "
+            "intervals are not a posterior. Rerun with more --fit-warmup/--fit-draws, or see "
+            "the problems above.</p>"
+        )
+        lines.append("extrapolations: not shown (fit diagnostics failed)")
+    else:
+        rows = []
+        for c in targets:
+            e = fit.extrapolation_summary(res, c)
+            rows.append(
+                f"<tr><td>{c:.3g}</td><td>{e['decades_C']:.2g} / {e['decades_N']:.2g}</td>"
+                f"<td>{_q(e['N_opt'])}</td><td>{_q(e['D_opt'])}</td>"
+                f"<td>{_q(e['tokens_per_param'])}</td><td>{_q(e['loss'], '{:.4f}')}</td></tr>"
+            )
+            mark = "UNTRUSTED (the study fails its own backtest): " if untrusted else ""
+            lines.append(f"extrapolation: {mark}{fit.extrapolation_line(e)}")
+        warn = (
+            "<div class='err'>UNTRUSTED: the study fails its own backtest (see Backtest), so "
+            "these extrapolations, further out than the backtest reached, are not supported by "
+            "the data.</div>"
+            if untrusted
+            else ""
+        )
+        extrap = (
+            warn + "<div class='scroll'><table class='t'><tr><th>C (FLOPs)</th>"
+            "<th>decades beyond the data: C / N</th><th>N_opt</th><th>D_opt</th><th>D/N</th>"
+            "<th>predicted loss at the optimum</th></tr>" + "".join(rows) + "</table></div>"
+            "<p>Medians with 90% intervals; the loss is posterior predictive, with residual "
+            f"noise and {html.escape(res.discrepancy.describe())}. C here is 6ND. The reach "
+            "column says how far past the runs each answer goes: the further, the more it "
+            "rests on the functional form.</p>"
+        )
     body = (
         f"<p>L(N, D) = E + A/N^α + B/D^β (Hoffmann 2022) fitted by NUTS ({chains} chains × "
         f"{draws} draws, Student-t noise on log loss) to {res.loss.size} runs in "
-        f"{res.seconds:.1f} s. Diagnostics: <b>{'OK' if res.ok else 'FAILED'}</b> "
-        f"{html.escape('; '.join(res.problems))}</p>"
-        + _table(summ)
+        f"{res.seconds:.1f} s. Intervals: {fit.INTERVAL}. Diagnostics: "
+        f"<b>{'OK' if res.ok else 'FAILED'}</b> {html.escape('; '.join(res.problems))}</p>"
+        + _table(res.table())
+        + "".join(f"<div class='warn'>{html.escape(c)}</div>" for c in res.caveats)
         + "<h3>Compute-optimal allocation, extrapolated</h3>"
-        "<table class='t'><tr><th>C (FLOPs)</th><th>N_opt</th><th>D_opt</th><th>D/N</th>"
-        "<th>predicted loss at the optimum</th></tr>" + "".join(rows) + "</table>"
-        "<p>Medians with 90% credible intervals. Extrapolations this far beyond the data are "
-        "only as good as the functional form; read the band, not the point.</p>"
+        + extrap
         + "".join(_img(p) for p in paths if p.suffix == ".png")
     )
-    return Section("Scaling-law fit", body, lines, result=res)
+    lines += [f"caveat: {c.split(' — ')[0]}" for c in res.caveats]
+    return Section("Scaling-law fit", body, lines, result=res, failures=failures)
 
 
 CSS = """
@@ -229,12 +340,13 @@ def build_report(
     fit_warmup: int = 1000,
     fit_chains: int = 4,
     seed: int = 0,
-    sections: tuple[str, ...] = ("runs", "frontier", "fit", "reconcile"),
+    sections: tuple[str, ...] = ("runs", "frontier", "backtest", "fit", "reconcile"),
     study: str | Path | None = None,
     setting: str = "default",
     all_runs: bool = False,
-) -> tuple[Path, list[str]]:
-    """Write <out>/report.html (images inlined) and return it with the headline lines.
+) -> Report:
+    """Write <out>/report.html (images inlined); the Report holds it, the headline lines (the
+    first says whether every check passed) and the failed checks.
 
     The runs reported are `study`'s, else those of the study recorded in the results directory,
     else all of them (runs.selection); the first headline says which and what was left out.
@@ -260,6 +372,16 @@ def build_report(
     builders = {
         "runs": lambda: runs_section(dfs[0]),
         "frontier": lambda: frontier_section(frontier.analyse(dfs, convention), out),
+        "backtest": lambda: backtest_section(
+            results,
+            out,
+            convention,
+            draws=fit_draws,
+            warmup=fit_warmup,
+            chains=fit_chains,
+            seed=seed,
+            run_ids=sel.run_ids,
+        ),
         "fit": lambda: fit_section(
             results,
             out,
@@ -269,6 +391,7 @@ def build_report(
             chains=fit_chains,
             seed=seed,
             run_ids=sel.run_ids,
+            backtest=next((s.result for s in built if isinstance(s.result, fit.Backtest)), None),
         ),
         # Compares what the frontier and fit sections computed (None where they failed).
         "reconcile": lambda: reconcile_section(
@@ -289,6 +412,20 @@ def build_report(
                     name.title(), f"<div class='err'>{html.escape(msg)}</div>", [f"{name}: {msg}"]
                 )
             )
+    failures = [f for s in built for f in s.failures]
+    verdict = (
+        "checks: every number passed its own checks (fit diagnostics, backtest)"
+        if not failures
+        else f"checks: {len(failures)} FAILED — " + " | ".join(failures)
+    )
+    banner = (
+        "<div class='err'><b>These results fail their own checks; read every number below "
+        "with that in mind (exit code 1):</b><ul>"
+        + "".join(f"<li>{html.escape(f)}</li>" for f in failures)
+        + "</ul></div>"
+        if failures
+        else ""
+    )
     stamp = time.strftime("%Y-%m-%d %H:%M")
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>jaxscale report: "
@@ -296,14 +433,15 @@ def build_report(
         f"<h1>Scaling study: {html.escape(results.name)}</h1>"
         f"<p>Results directory <code>{html.escape(str(results))}</code>; generated {stamp} by "
         f"jaxscale. Runs: {html.escape(sel.note)}.</p>"
+        + banner
         + "".join(f"<h2>{html.escape(s.title)}</h2>{s.body}" for s in built)
         + "</body></html>"
     )
     path = out / "report.html"
     path.write_text(page)
-    headlines = [f"runs: {sel.note}"] + [line for s in built for line in s.headline]
+    headlines = [verdict, f"runs: {sel.note}"] + [line for s in built for line in s.headline]
     (out / "headlines.json").write_text(json.dumps(headlines, indent=2))
-    return path, headlines
+    return Report(path, headlines, failures)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -311,8 +449,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "report",
         help="write a self-contained HTML report of a results directory",
-        description="Runs table, loss-vs-compute frontier, isoFLOP optima and a Bayesian "
-        "Chinchilla fit with extrapolations, in one HTML file with the plots inlined.",
+        description="Runs table, loss-vs-compute frontier, isoFLOP optima, the study's own "
+        "backtest (the top budget predicted from the others, with >= 3 budgets) and a Bayesian "
+        "Chinchilla fit with extrapolations marked by how far beyond the runs they reach, in "
+        "one HTML file with the plots inlined. Every interval is a central 90% interval.",
+        epilog=EXIT_CODES,
     )
     p.add_argument("results", help="results directory of a sweep")
     p.add_argument("--out", help="output directory (default <results>/report)")
@@ -325,8 +466,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `jaxscale report`."""
-    path, lines = build_report(
+    """Run `jaxscale report`; EXIT_CODES."""
+    rep = build_report(
         args.results,
         args.out,
         convention=args.convention,
@@ -337,7 +478,7 @@ def run(args: argparse.Namespace) -> int:
         setting=args.setting,
         all_runs=args.all_runs,
     )
-    for line in lines:
+    for line in rep.headlines:
         print(line)
-    print(f"report: {path}")
-    return 0
+    print(f"report: {rep.path}")
+    return rep.exit_code

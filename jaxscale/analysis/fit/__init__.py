@@ -21,10 +21,18 @@ predicted loss, plus a weakly-informative prior per parameter. Register your own
 Observations enter through residuals on log loss (Student-t by default, Gaussian optional) with a
 fitted scale ``sigma``.
 
+Predictions are posterior predictive (noise and a model-discrepancy term that grows with the
+decades beyond the data included); every interval is a central 90% interval. :func:`backtest`
+fits on part of the data and scores the held-out rest against those bands.
+
 Layout: :mod:`.forms` (priors, forms, registry), :mod:`.inference` (numpyro model, data, solvers,
-diagnostics), :mod:`.results` (FitResult, prediction, compute-optimal allocation, comparison).
+diagnostics, prior sensitivity), :mod:`.results` (FitResult, prediction, compute-optimal
+allocation, comparison), :mod:`.extrapolation` (distance beyond the data, model discrepancy),
+:mod:`.backtests` (hold-outs and their scores), :mod:`.varpro` (least-squares point fit).
 """
 
+from jaxscale.analysis.fit.backtests import HOLDOUTS, Backtest, backtest, holdout_mask
+from jaxscale.analysis.fit.extrapolation import DEFAULT_DISCREPANCY, Discrepancy, distance
 from jaxscale.analysis.fit.forms import (
     CHINCHILLA,
     INPUT_NAMES,
@@ -41,24 +49,49 @@ from jaxscale.analysis.fit.forms import (
 from jaxscale.analysis.fit.inference import (
     METHODS,
     NOISES,
+    PriorDominatedWarning,
+    ReplicatesMergedWarning,
+    estimate_discrepancy,
     fit,
     fit_huber,
     load_fit_data,
     numpyro_model,
+    prepare,
     prepare_data,
+    select_rows,
+    setup,
 )
 from jaxscale.analysis.fit.results import (
+    INTERVAL,
     FitResult,
     chinchilla_allocation,
     compare,
     compare_published,
     compute_optimal,
+    extrapolation_line,
+    extrapolation_summary,
     optimal_summary,
     predict,
 )
 
 __all__ = [
     "CHINCHILLA",
+    "DEFAULT_DISCREPANCY",
+    "HOLDOUTS",
+    "INTERVAL",
+    "Backtest",
+    "Discrepancy",
+    "PriorDominatedWarning",
+    "ReplicatesMergedWarning",
+    "backtest",
+    "distance",
+    "estimate_discrepancy",
+    "extrapolation_line",
+    "extrapolation_summary",
+    "holdout_mask",
+    "prepare",
+    "select_rows",
+    "setup",
     "INPUT_NAMES",
     "KAPLAN_ND",
     "KAPLAN_NS",

@@ -94,7 +94,7 @@ class FitResult:
                 f"{self.form} [{self.method}] on {self.loss.size} points in {self.seconds:.1f} s; "
                 f"intervals: {INTERVAL}; prior_shift: how far halving/doubling the prior moves "
                 "the interval, as a share of its width",
-                str(self.table()),
+                self.table().to_string(float_format="{:.4g}".format),
                 *(f"caveat: {c}" for c in self.caveats),
                 *(f"DIAGNOSTICS FAILED: {p}" for p in self.problems),
             ]
@@ -354,6 +354,37 @@ def compare_published(res: FitResult, C: float = 5.76e23) -> pd.DataFrame:
 def optimal_summary(res: FitResult, C: float) -> dict[str, dict[str, float]]:
     """Quantiles (5/25/50/75/95%) of a, b, G, N_opt, D_opt, D/N at compute C."""
     return {k: _q(v) for k, v in compute_optimal(res, C).items()}
+
+
+def extrapolation_summary(res: FitResult, C: float) -> dict[str, Any]:
+    """At compute C (= 6ND): N_opt, D_opt, D/N quantiles, the posterior-predictive loss at the
+    median optimum, and how many decades of C and N that optimum lies beyond the data."""
+    s = optimal_summary(res, C)
+    at = {"N": [s["N_opt"]["q50"]], "D": [s["D_opt"]["q50"]]}
+    pr = predict(res, at)
+    per = X.decades_beyond(res.inputs, at)
+    return {
+        "C": float(C),
+        **{k: s[k] for k in ("N_opt", "D_opt", "tokens_per_param", "a")},
+        "loss": {q: float(pr[q].iloc[0]) for q in ("q5", "q50", "q95")},
+        "decades_C": float(per["C"][0]),
+        "decades_N": float(per["N"][0]),
+        "decades": float(max(v[0] for v in per.values())),
+    }
+
+
+def extrapolation_line(e: Mapping[str, Any]) -> str:
+    """One line of extrapolation_summary, every number with its 90% interval and its reach."""
+
+    def q(v: Mapping[str, float], fmt: str = "{:.3g}") -> str:
+        return f"{fmt.format(v['q50'])} [{fmt.format(v['q5'])}, {fmt.format(v['q95'])}]"
+
+    return (
+        f"C = {e['C']:.3g} FLOP (6ND; {e['decades_C']:.2g} decades of C and "
+        f"{e['decades_N']:.2g} of N beyond the data): N_opt {q(e['N_opt'])}, D_opt "
+        f"{q(e['D_opt'])}, D/N {q(e['tokens_per_param'])}, loss {q(e['loss'], '{:.4f}')} "
+        "(medians, 90% intervals; loss posterior predictive)"
+    )
 
 
 def noise_scale(res: FitResult) -> np.ndarray:
