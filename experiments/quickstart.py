@@ -1,15 +1,17 @@
 """Quickstart: an isoFLOP study (Hoffmann et al. 2022, approach 2) on byte-level stdlib source.
 
-    jaxscale sweep run experiments/quickstart.py            # ~5 min on a 2-core CPU
+    jaxscale sweep run experiments/quickstart.py            # ~4-5 min on a 2-core CPU
     jaxscale frontier results/quickstart                    # envelope, N_opt(C), plots
 
-3 compute budgets (3e10, 1e11, 3e11 kaplan_attn FLOPs) × 4 model sizes each, 3k–100k
-non-embedding parameters (7k–120k in total), context 128, batch 4 sequences, each size at
-the peak LR of LR_RULE (0.031 at 3k down to 0.0027 at 99k; train.lr_rule records it). Each
-run trains for the tokens that spend its budget exactly, up to step rounding (under 0.3% here;
-`jaxscale sweep status` shows it). At these budgets byte-level models are compute-optimal
-near 1e4 parameters, so each profile's sizes bracket that: profiles of 50k–1M-parameter
-models were all still falling towards their smallest size, leaving only extrapolated vertices.
+3 compute budgets (1e10, 3e10, 1e11 kaplan_attn FLOPs) × 4 model sizes each, 0.8k–25k
+non-embedding parameters, context 128, batch 4 sequences, each size at the peak LR of
+LR_RULE (0.080 at 0.8k down to 0.0072 at 25k; train.lr_rule records it). Each run trains for
+the tokens that spend its budget exactly, up to step rounding (`jaxscale sweep status` shows
+it). With every size at its own LR, byte-level models at these budgets are compute-optimal
+near 1e3–5e3 parameters (measured 2026-11-30: N_opt = 4.3e3 [2.5e3, 6.5e3] at 3e10; at 1e10
+and 1e11 the smallest size was best or tied), so the profiles centre there. The earlier grid
+(3e10–3e11, 3k–99k) was centred for one LR of 3e-3, which handicapped the small models by
+0.14–0.27 nats and moved the optimum up (docs/hyperparameters.md).
 
 The `tiny` setting (3 budgets × 3 sizes, context 64) runs in about a minute on an idle
 machine and is what the test suite runs:
@@ -31,9 +33,9 @@ CONVENTION = "kaplan_attn"
 # Each profile is centred on where its optimum is expected (Hoffmann 2022 chose sizes per
 # budget too): a sweep of 0.5–1.5 decades in N around it, so both sides of the valley show.
 BUDGETS = {
-    3e10: [(16, 1), (16, 2), (32, 1), (32, 2)],
-    1e11: [(16, 2), (32, 1), (32, 2), (48, 2)],
-    3e11: [(32, 1), (32, 2), (48, 2), (64, 2)],
+    1e10: [(8, 1), (8, 2), (16, 1), (16, 2)],
+    3e10: [(8, 2), (16, 1), (16, 2), (32, 1)],
+    1e11: [(16, 1), (16, 2), (32, 1), (32, 2)],
 }
 # Three budgets x three sizes: nine runs, enough points for the 5-parameter L(N, D) fit.
 TINY_BUDGETS = {
@@ -45,10 +47,11 @@ TINY_BUDGETS = {
 
 # Each size trains at its own peak LR: one LR for all sizes confounds the fitted exponents with
 # LR mistuning (the best LR falls ~20x from 3k to 99k parameters here). LR_BYTE_SMALL is fitted
-# to LR optima measured at six of these very runs (`experiments/step_law.py --setting
-# quickstart`) and two from the kit's LR study: η = 8.65·N^-0.70, no D term (none measurable at
-# this scale). Step Law's constants give 5-20x larger LRs here, which cost 3-15% in loss
-# (docs/hyperparameters.md). Pass lr_rule=Constant(3e-3) for the old single-LR quickstart.
+# to LR optima measured at six runs of the earlier quickstart grid (`experiments/step_law.py
+# --setting quickstart`) and two from the kit's LR study: η = 8.65·N^-0.70, no D term (none
+# measurable at this scale); it extrapolates to the two sizes below 3k (warned by
+# hparams.explain). Step Law's constants give 5-20x larger LRs here, which cost 3-15% in loss
+# (docs/hyperparameters.md). lr_rule=Constant(3e-3) trains this grid at one LR.
 LR_RULE: Rule = LR_BYTE_SMALL
 
 

@@ -15,8 +15,8 @@ Settings:
               × 4 LRs around the kit's LR-study rule, context 64: a smoke test of the pipeline
               on 2 CPU cores (the optima are noisy and D is tiny), not a measurement.
   quickstart  the LR check behind experiments/quickstart.py's rule: 7 LRs (×1/4..×16 around
-              the LR-study rule) at 6 of the quickstart's own (N, D) points, its batch (512
-              tokens) and context (128).
+              the LR-study rule) at 6 (N, D) points of the quickstart's earlier grid (budgets
+              3e10-3e11, N 3k-99k), its batch (512 tokens) and context (128).
   default     GPU (~30 A100-hours at 40% MFU): 3 sizes (3M-25M non-embedding, head_dim 64,
               context 1024, BPE 4096) × 3 D (1e8-1.6e9) × 5 B × 7 LRs around Step Law.
   large       TPU-pod scale, Step Law's own range: 3 sizes (~0.1B-0.4B) × 3 D (2e9-3.2e10)
@@ -89,8 +89,9 @@ def _grid(
     return out
 
 
-# The quickstart points checked by the `quickstart` setting: (budget, (width, depth)), two
-# per budget, so N and D each vary over about a decade (N=25k at two D a decade apart).
+# The points checked by the `quickstart` setting, from the quickstart's earlier grid: (budget,
+# (width, depth)), two per budget, so N and D each vary over about a decade (N=25k at two D a
+# decade apart).
 QUICKSTART_POINTS = (
     (3e10, (16, 1)),
     (3e10, (32, 2)),

@@ -270,6 +270,7 @@ def fit_section(
     ]
     failures = [] if res.ok else ["fit diagnostics FAILED: " + "; ".join(res.problems)]
     untrusted = backtest is not None and not backtest.passed
+    reach = float(backtest.points["decades_beyond"].max()) if backtest is not None else 0.0
     if not res.ok:
         extrap = (
             "<p class='err'>Extrapolations not shown: the fit failed its diagnostics, so its "
@@ -287,6 +288,8 @@ def fit_section(
                 f"<td>{_q(e['tokens_per_param'])}</td><td>{_q(e['loss'], '{:.4f}')}</td></tr>"
             )
             mark = "UNTRUSTED (the study fails its own backtest): " if untrusted else ""
+            if backtest is not None and e["decades"] > reach:
+                mark += f"beyond the {reach:.2g} decades the backtest checked: "
             lines.append(f"extrapolation: {mark}{fit.extrapolation_line(e)}")
         warn = (
             "<div class='err'>UNTRUSTED: the study fails its own backtest (see Backtest), so "
@@ -302,7 +305,13 @@ def fit_section(
             "<p>Medians with 90% intervals; the loss is posterior predictive, with residual "
             f"noise and {html.escape(res.discrepancy.describe())}. C here is 6ND. The reach "
             "column says how far past the runs each answer goes: the further, the more it "
-            "rests on the functional form.</p>"
+            "rests on the functional form"
+            + (
+                f"; the study's own backtest checked predictions up to {reach:.2g} decades out"
+                if backtest is not None
+                else "; no backtest checked any of it (fewer than 3 budgets)"
+            )
+            + ".</p>"
         )
     body = (
         f"<p>L(N, D) = E + A/N^α + B/D^β (Hoffmann 2022) fitted by NUTS ({chains} chains × "

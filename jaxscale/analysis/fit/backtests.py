@@ -111,6 +111,11 @@ class Backtest:
         """Diagnostics OK and no more misses than a calibrated 90% band allows."""
         return self.fit.ok and self.n - self.n_inside <= self.max_misses
 
+    def half_width(self) -> float:
+        """Median half-width of the held-out 90% bands, as a share of loss (log scale)."""
+        p = self.points
+        return float(np.median(np.log(p["q95"] / p["q5"]) / 2))
+
     def diagnosis(self) -> str:
         """Why a failed backtest failed, from its errors and the fit's caveats ('' if passed)."""
         if self.passed:
@@ -141,8 +146,9 @@ class Backtest:
         return (
             f"backtest ({self.holdout}, {self.n} held out, {reach.min():.2g}-{reach.max():.2g} "
             f"decades beyond the {self.fit.loss.size} fitted points): {self.n_inside}/{self.n} "
-            f"inside their 90% predictive bands, median |error| "
-            f"{np.median(np.abs(self.points['log_error'])):.2%} of loss: {verdict}{why}"
+            f"inside their 90% predictive bands (median half-width {self.half_width():.1%}), "
+            f"median |error| {np.median(np.abs(self.points['log_error'])):.1%} of loss: "
+            f"{verdict}{why}"
         )
 
     def table(self) -> pd.DataFrame:

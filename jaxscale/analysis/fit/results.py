@@ -34,6 +34,7 @@ SAVED_DIAGNOSTICS = (
     "grid_points",
     "replicates",
     "prior_sensitivity",
+    "extended",
 )
 
 
@@ -96,6 +97,11 @@ class FitResult:
                 "the interval, as a share of its width",
                 self.table().to_string(float_format="{:.4g}".format),
                 *(f"caveat: {c}" for c in self.caveats),
+                *(
+                    [f"sampler: {self.diagnostics['extended']} (the first run mixed too slowly)"]
+                    if "extended" in self.diagnostics
+                    else []
+                ),
                 *(f"DIAGNOSTICS FAILED: {p}" for p in self.problems),
             ]
         return "\n".join(lines)
