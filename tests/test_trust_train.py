@@ -291,7 +291,10 @@ def test_garbled_newest_checkpoint_is_the_only_one_quarantined(tmp_path, monkeyp
     quarantine = tmp_path / "run" / "corrupt_checkpoints"
     m = checkpoint.manager(d, TrainConfig())
     _flaky(m, {10: 1})  # the good one also hits a transient error: retried, never moved
-    with pytest.warns(UserWarning, match="checkpoint at step 20 is unreadable"):
+    with (
+        pytest.warns(UserWarning, match="checkpoint 10: transient read error"),
+        pytest.warns(UserWarning, match="checkpoint at step 20 is unreadable"),
+    ):
         out = checkpoint.restore(m, _abstract(), quarantine)
     checkpoint.close(m)
     assert out.step == 10 and float(out.state["params"]["w"][0, 0]) == 10.0 and out.host == HOST

@@ -288,17 +288,19 @@ class PowerLaw(Rule):
             )
         df = pd.DataFrame(rows)
         src = f"fit to {os.fspath(results)}"
-        return cls.fit(df["N"], df["D"], df["B"], df["lr"], df["se"], source=src)
+        se = df["se"].to_numpy(float)
+        if not np.all(np.isfinite(se) & (se > 0)):
+            # A vertex through exactly three LRs has no SE: weigh all optima alike rather than
+            # drop those, and estimate the noise from the residuals.
+            se, src = None, src + ", unweighted"
+        return cls.fit(df["N"], df["D"], df["B"], df["lr"], se, source=src)
 
 
 def _run_shapes(results: str | os.PathLike, run_ids: Sequence[str]) -> pd.DataFrame:
     """context length and planned tokens of each run (from its config.json)."""
     rows = []
     for rid in pd.unique(np.asarray(run_ids)):
-        cfg = RunDir(store.as_path(results) / str(rid)).read_config_raw()
-        if cfg is None:
-            raise ConfigError(f"run {rid} of the LR study is missing under {os.fspath(results)}")
-        c = RunConfig.from_dict({k: v for k, v in cfg.items() if k != "run_id"})
+        c = RunDir(store.as_path(results) / str(rid)).read_config()
         rows.append({"run_id": rid, "context": c.model.context_length, "tokens": c.total_tokens})
     return pd.DataFrame(rows)
 
