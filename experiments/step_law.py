@@ -12,8 +12,9 @@ differs from theirs by under 1e-5 in absolute LR.
 
 Settings:
   tiny        3 sizes (3k-25k non-embedding) × 2 D (2^15, 2^17 tokens) × 3 B (128-512 tokens)
-              × 4 LRs around the kit's LR-study rule, context 64: a smoke test of the pipeline
-              on 2 CPU cores (the optima are noisy and D is tiny), not a measurement.
+              × 4 LRs (×2^-1.5..2^1.5 around LR_BYTE_SMALL), context 64, every run evaluated
+              on the same 256 windows: a smoke test of the pipeline (~6 min on 2 loaded CPU
+              cores; the optima are noisy and D is tiny), not a measurement.
   quickstart  the LR check behind experiments/quickstart.py's rule: 7 LRs (×1/4..×16 around
               the LR-study rule) at 6 (N, D) points of the quickstart's earlier grid (budgets
               3e10-3e11, N 3k-99k), its batch (512 tokens) and context (128).
@@ -29,7 +30,7 @@ import dataclasses
 
 from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from jaxscale.runs.grids import isoflop_plan, lr_grid_runs
-from jaxscale.runs.hparams import LR_STUDY_TINY, Rule, StepLaw
+from jaxscale.runs.hparams import LR_BYTE_SMALL, LR_STUDY_TINY, Rule, StepLaw
 
 NAME = "step_law"
 DESCRIPTION = "LR × batch × N × D grid for η_opt(N, D), B_opt(D) (Li et al. 2025 Step Law)"
@@ -61,9 +62,11 @@ def _grid(
     batch_factors: tuple[float, ...] = (),
     head_dim: int,
     evals: int,
+    eval_seqs: int,
 ) -> list[RunConfig]:
     """Every shape × D × B × LR: B from `batches` (sequences) or as factors of Step Law's
-    B_opt(D); the LRs as factors of lr_rule at each (N, D, B)."""
+    B_opt(D); the LRs as factors of lr_rule at each (N, D, B). Every run evaluates on the same
+    `eval_seqs` windows whatever its batch, so small batches are not judged on noisier losses."""
     T = base.model.context_length
     out = []
     for D in tokens:
@@ -75,7 +78,9 @@ def _grid(
             grid = ", ".join(f"{f:g}" for f in batch_factors)
             note = f"grid ×[{grid}] around {StepLaw().batch.describe()}"
         for bs in bss:
-            tc = dataclasses.replace(base.train, batch_size=bs, batch_rule=note)
+            tc = dataclasses.replace(
+                base.train, batch_size=bs, batch_rule=note, eval_batches=-(-eval_seqs // bs)
+            )
             out += lr_grid_runs(
                 dataclasses.replace(base, train=tc),
                 shapes,
@@ -139,22 +144,23 @@ def runs(setting: str = "default") -> list[RunConfig]:
         return _quickstart_check()
     if setting == "tiny":
         stdlib = DataConfig(corpus="stdlib", tokenizer="byte", max_bytes=8_000_000)
-        base = _base(64, stdlib, warmup_steps=10, eval_batches=4, checkpoint_every=1000)
+        base = _base(64, stdlib, warmup_steps=10, checkpoint_every=1000)
         return _grid(
             base,
             [(16, 1), (32, 1), (32, 2)],
             [2**15, 2**17],
-            LR_STUDY_TINY,
-            _octaves(-1, 2),
+            LR_BYTE_SMALL,
+            tuple(2.0 ** (k + 0.5) for k in range(-2, 2)),
             batches=(2, 4, 8),
             head_dim=16,
             evals=2,
+            eval_seqs=256,
         )
     # Real measurements want a corpus larger than the largest D (no repeated epochs): the byte
     # stdlib holds ~3e7 tokens. Replace with your own `tokens:PATH` for speed.
     web = DataConfig(corpus="hf:HuggingFaceFW/fineweb-edu:train:text", tokenizer="bpe:4096")
     if setting == "large":
-        base = _base(2048, web, warmup_steps=500, eval_batches=16, checkpoint_every=2000)
+        base = _base(2048, web, warmup_steps=500, checkpoint_every=2000)
         base = dataclasses.replace(base, model=dataclasses.replace(base.model, vocab_size=4096))
         return _grid(
             base,
@@ -165,8 +171,9 @@ def runs(setting: str = "default") -> list[RunConfig]:
             batch_factors=_octaves(-1, 2),
             head_dim=64,
             evals=8,
+            eval_seqs=512,
         )
-    base = _base(1024, web, warmup_steps=200, eval_batches=16, checkpoint_every=2000)
+    base = _base(1024, web, warmup_steps=200, checkpoint_every=2000)
     base = dataclasses.replace(base, model=dataclasses.replace(base.model, vocab_size=4096))
     return _grid(
         base,
@@ -177,4 +184,5 @@ def runs(setting: str = "default") -> list[RunConfig]:
         batch_factors=_octaves(-2, 2),
         head_dim=64,
         evals=8,
+        eval_seqs=512,
     )

@@ -4,6 +4,7 @@ import base64
 import re
 
 import numpy as np
+import pytest
 from conftest import plant_run
 
 from jaxscale import cli
@@ -14,7 +15,8 @@ from jaxscale.runs.grids import budget_tag
 E, A, B, ALPHA, BETA = 1.8, 400.0, 1600.0, 0.35, 0.35
 
 
-def _planted_store(root):
+def _planted_store(root, top: float = 1.0):
+    """Planted runs; `top` multiplies the top budget's losses (a law that stops holding)."""
     rng = np.random.default_rng(0)
     shapes = [(16, 1), (32, 1), (32, 2), (48, 2), (64, 2), (64, 4)]
     # Budgets whose optima (3e4-1e5 parameters) lie inside the shapes: every profile brackets.
@@ -34,6 +36,7 @@ def _planted_store(root):
             for s in np.unique(np.geomspace(1, steps, 8).astype(int)):
                 D = s * 8 * 64
                 loss = (E + A / n**ALPHA + B / D**BETA) * np.exp(0.003 * rng.standard_normal())
+                loss *= top if budget == 3e12 else 1.0
                 rows.append({"step": int(s), "tokens": int(D), "loss": loss, "eval_loss": loss})
             plant_run(
                 root,
@@ -80,6 +83,26 @@ def test_report_has_every_section_and_recovers_the_planted_allocation(tmp_path, 
     assert m, out
     med, lo, hi = map(float, m.groups())
     assert lo < 0.5 < hi and abs(med - 0.5) < 0.1
+    # the study predicts its own top budget, and the first line says every check passed
+    assert out.splitlines()[0].startswith("checks: every number passed"), out
+    assert re.search(r"backtest \(top-budget, \d+ held out.*: PASSED", out), out
+    assert ">Backtest" in page and "decades beyond the data" in page
+
+
+def test_report_failing_its_own_backtest_says_so_and_exits_1(tmp_path, capsys):
+    """A top budget 15% better than the law: banner, FAILED headline, marked extrapolations."""
+    _planted_store(tmp_path / "res", top=0.85)
+    code = cli.main(["report", str(tmp_path / "res"), "--fit-draws", "300", "--fit-warmup", "300"])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert re.match(r"checks: \d+ FAILED", out.splitlines()[0]), out
+    assert re.search(r"backtest \(top-budget.*FAILED: .*lower than predicted", out), out
+    assert "extrapolation: UNTRUSTED" in out or "extrapolations: not shown" in out
+    page = (tmp_path / "res" / "report" / "report.html").read_text()
+    assert "These results fail their own checks" in page
+    with pytest.raises(SystemExit):
+        cli.main(["report", "--help"])
+    assert "exit codes: 0 every check passed; 1" in capsys.readouterr().out
 
 
 def test_report_on_missing_dir_is_one_line(tmp_path, capsys):

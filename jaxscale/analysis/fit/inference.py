@@ -334,7 +334,8 @@ def load_fit_data(
 
 
 def _map_columns(df: pd.DataFrame, columns: Mapping[str, str] | None, where: str) -> pd.DataFrame:
-    """Rename source columns onto N/D/C/S/loss (the mapped column wins over one so named)."""
+    """Copy source columns onto N/D/C/S/loss (replacing columns so named); the source names stay,
+    so filters and hold-out queries may use either."""
     if not columns:
         return df
     missing = {k: v for k, v in columns.items() if v not in df}
@@ -343,8 +344,7 @@ def _map_columns(df: pd.DataFrame, columns: Mapping[str, str] | None, where: str
             f"{where}: column(s) {sorted(missing.values())} (for {sorted(missing)}) not found; "
             f"available: {list(df.columns)}"
         )
-    df = df.drop(columns=[k for k, v in columns.items() if k in df and k != v])
-    return df.rename(columns={v: k for k, v in columns.items()})
+    return df.assign(**{k: df[v] for k, v in columns.items()})
 
 
 def select_rows(
@@ -965,6 +965,12 @@ def fit_problem(
         else:
             disc = X.DEFAULT_DISCREPANCY
     caveats = [c for c in [replicate_note(sub.data.replicates)] if c]
+    if method in ("map", "laplace"):
+        caveats.append(
+            f"{method}: a Gaussian at the posterior mode — intervals, and the prior-sensitivity "
+            "check, assume the posterior is Gaussian, which with few points it is not; "
+            "confirm with --method nuts"
+        )
     if sub.data.replicates.get("rows", 0) != sub.data.replicates.get("points", 0):
         warnings.warn(caveats[0], ReplicatesMergedWarning, stacklevel=2)
     if method != "map":
