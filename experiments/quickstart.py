@@ -50,7 +50,7 @@ TINY_BUDGETS = {
 # to LR optima measured at six runs of the earlier quickstart grid (`experiments/step_law.py
 # --setting quickstart`) and two from the kit's LR study: η = 8.65·N^-0.70, no D term (none
 # measurable at this scale); it extrapolates to the two sizes below 3k (warned by
-# hparams.explain). Step Law's constants give 5-20x larger LRs here, which cost 3-15% in loss
+# hparams.explain). Step Law's constants give 7-20x larger LRs here, which cost 3-15% in loss
 # (docs/hyperparameters.md). lr_rule=Constant(3e-3) trains this grid at one LR.
 LR_RULE: Rule = LR_BYTE_SMALL
 

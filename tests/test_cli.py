@@ -137,6 +137,7 @@ COMMANDS = [
     "shift",
     "lr",
     "efficiency",
+    "step-law",
 ]
 
 

@@ -249,6 +249,7 @@ def _best(optima: pd.DataFrame, notes: list[str], half_window: int) -> pd.DataFr
             "n_batches": int(g["B"].nunique()),
             "loss": float(g.loc[i, "loss_B"]),
             "lr_opt": float(g.loc[i, "lr_opt"]),
+            "best_lr": float(g.loc[i, "best_lr"]),
             "log10_lr_opt_se": float(g.loc[i, "log10_lr_opt_se"]),
             "lr_edge": bool(g.loc[i, "edge"]),
             "B_opt": math.nan,
@@ -423,17 +424,21 @@ def _describe(st: StepLawStudy) -> str:
     ]
     pred = st.predictions()
     for _, r in pred.iterrows():
-        b = (
-            f"B_opt={r['B_opt']:.3g}" + (" [edge]" if r["B_edge"] else "")
-            if r["n_batches"] >= 3
-            else f"B={r['B']:.0f} (one batch)"
+        if r["n_batches"] < 3:
+            b = f"B={r['B']:.0f} ({r['n_batches']} batch size(s): no B_opt)"
+        elif r["B_edge"]:
+            b = f"B_opt not bracketed (best B {r['B']:.0f})"
+        else:
+            b = f"B_opt={r['B_opt']:.3g} (log10 SE {r['log10_B_opt_se']:.2f})"
+        eta = (
+            f"η_opt not bracketed (best grid LR {r['best_lr']:.3g})"
+            if r["lr_edge"]
+            else f"η_opt={r['lr_opt']:.3g} (log10 SE {r['log10_lr_opt_se']:.2f}); "
+            f"Step Law ×{r['lr_step_law'] / r['lr_opt']:.2g}"
         )
         lines.append(
-            f"    N={r['N']:>10,} D={r['D']:.3g}: η_opt={r['lr_opt']:.3g}"
-            f" (log10 SE {r['log10_lr_opt_se']:.2f})"
-            + (" [edge]" if r["lr_edge"] else "")
-            + f", {b}, loss {r['loss']:.4f}; Step Law η={r['lr_step_law']:.3g}"
-            f" (×{r['lr_step_law'] / r['lr_opt']:.2g}), B={r['B_step_law']:.3g}"
+            f"    N={r['N']:>10,} D={r['D']:.3g}: {eta}, {b}, loss {r['loss']:.4f}; "
+            f"Step Law η={r['lr_step_law']:.3g}, B={r['B_step_law']:.3g}"
         )
     t = st.table()
     if len(t):
@@ -469,8 +474,9 @@ def _plot_landscapes(st: StepLawStudy, out: Path) -> list[Path]:
         N, D = r["N"], r["D"]
         g = st.points[(st.points["N"] == N) & (st.points["D"] == D)].sort_values("lr")
         ok, dv = g[np.isfinite(g["loss"])], g[~np.isfinite(g["loss"])]
+        star = (r["best_lr"], "best run (not bracketed)") if r["lr_edge"] else (r["lr_opt"], "")
         marks = [
-            (r["lr_opt"], "*", "k", "measured optimum"),
+            (star[0], "*", "k", star[1] or "measured optimum"),
             (sl(N, D, 1.0), "D", "C3", "Step Law"),
         ]
         if math.isfinite(r.get("lr_fit", math.nan)):

@@ -201,6 +201,7 @@ COMMANDS = (
     "jaxscale.cli.shift",
     "jaxscale.cli.lr",
     "jaxscale.cli.efficiency",
+    "jaxscale.cli.step_law",
 )
 
 

@@ -838,7 +838,7 @@ def fit(
     warmup: int = 1000,
     draws: int = 1000,
     seed: int = 0,
-    target_accept: float = 0.95,
+    target_accept: float = 0.9,
     max_tree_depth: int = 10,
     chain_method: str = "auto",
     x64: bool = True,
@@ -848,9 +848,6 @@ def fit(
     discrepancy: str | X.Discrepancy = "default",
 ) -> FitResult:
     """Fit a registered form to a DataFrame/dict of inputs + loss.
-
-    target_accept is 0.95 because whitened NUTS takes long steps: at 0.9 it diverged once
-    in ~2000 draws on posteriors whose E sits near the data's floor.
 
     method: 'nuts' (default; NUTS started from and whitened by the Laplace approximation,
     `chains` chains run one after another, or vectorised / parallel over devices), 'laplace'
@@ -892,7 +889,7 @@ def fit_problem(
     warmup: int = 1000,
     draws: int = 1000,
     seed: int = 0,
-    target_accept: float = 0.95,
+    target_accept: float = 0.9,
     max_tree_depth: int = 10,
     chain_method: str = "auto",
     x64: bool = True,
@@ -901,8 +898,9 @@ def fit_problem(
 ) -> FitResult:
     """fit() on the points of prob where keep_P is True (all when None).
 
-    A NUTS fit that mixes too slowly (R-hat, ESS; not divergences) is rerun once with twice
-    the warmup and draws; diagnostics["extended"] says so, and the second run is judged alone.
+    A NUTS fit that fails its diagnostics is rerun once with twice the warmup and draws (and,
+    after divergences, a higher target_accept); diagnostics["extended"] says so, and the second
+    run is judged alone.
 
     Left-out points stay in the arrays with weight 0, so every subset of one dataset reuses
     the same compiled programs (a backtest costs no extra compile).
@@ -938,20 +936,37 @@ def fit_problem(
             nuts_kw = dict(
                 chains=chains,
                 seed=seed,
-                target_accept=target_accept,
                 max_tree_depth=max_tree_depth,
                 chain_method=chain_method,
             )
             samples, diagnostics, problems = _nuts(
-                prob, w, u_map, cov, warmup=warmup, draws=draws, **nuts_kw
+                prob,
+                w,
+                u_map,
+                cov,
+                warmup=warmup,
+                draws=draws,
+                target_accept=target_accept,
+                **nuts_kw,
             )
-            if problems and not diagnostics["divergences"]:
-                # Slow mixing (R-hat, ESS) is what longer chains cure, and what a user would do
-                # next: once, automatically, with twice the warmup and draws.
+            if problems:
+                # What a user would do next, once and automatically: longer chains for slow
+                # mixing (R-hat, ESS), and smaller steps (halving 1 - target_accept) for
+                # divergences. The rerun is judged on its own diagnostics.
+                ta = 1 - (1 - target_accept) / 2 if diagnostics["divergences"] else target_accept
                 samples, diagnostics, problems = _nuts(
-                    prob, w, u_map, cov, warmup=2 * warmup, draws=2 * draws, **nuts_kw
+                    prob,
+                    w,
+                    u_map,
+                    cov,
+                    warmup=2 * warmup,
+                    draws=2 * draws,
+                    target_accept=ta,
+                    **nuts_kw,
                 )
-                diagnostics["extended"] = f"rerun with {2 * warmup} + {2 * draws} per chain"
+                diagnostics["extended"] = (
+                    f"rerun with {2 * warmup} + {2 * draws} per chain, target_accept {ta:g}"
+                )
             if problems:
                 warnings.warn(
                     f"fit of {fm.name!r} FAILED diagnostics:\n  - " + "\n  - ".join(problems),
