@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from typing import Any
 
 from jaxscale.analysis import fit as F
@@ -155,13 +156,17 @@ def run(args: argparse.Namespace) -> int:
         discrepancy=args.discrepancy,
     )
     bt = None
-    if args.holdout:
-        if args.method == "bootstrap":
-            kw = {"method": "bootstrap", "n_boot": args.n_boot, "seed": args.seed}
-        bt = F.backtest(df, args.holdout, args.form, noise=args.noise, **kw)
-        res = bt.fit
-    else:
-        res = F.fit(df, args.form, noise=args.noise, n_boot=args.n_boot, **kw)
+    with warnings.catch_warnings():
+        # printed below as caveat / DIAGNOSTICS FAILED lines; once is enough
+        for category in (F.PriorDominatedWarning, F.ReplicatesMergedWarning, RuntimeWarning):
+            warnings.simplefilter("ignore", category)
+        if args.holdout:
+            if args.method == "bootstrap":
+                kw = {"method": "bootstrap", "n_boot": args.n_boot, "seed": args.seed}
+            bt = F.backtest(df, args.holdout, args.form, noise=args.noise, **kw)
+            res = bt.fit
+        else:
+            res = F.fit(df, args.form, noise=args.noise, n_boot=args.n_boot, **kw)
     print(res.describe())
     if res.method != "bootstrap":
         print("predictions: " + res.discrepancy.describe())

@@ -412,7 +412,11 @@ def build_report(
 
     for name in sections:
         try:
-            built.append(builders[name]())
+            with warnings.catch_warnings():
+                # the sections print these as caveats and failed checks; once is enough
+                for category in (fit.PriorDominatedWarning, fit.ReplicatesMergedWarning):
+                    warnings.simplefilter("ignore", category)
+                built.append(builders[name]())
         except Exception as e:  # noqa: BLE001 - one failed section must not sink the report
             warnings.warn(f"report section {name!r} failed: {e}", stacklevel=2)
             msg = "".join(traceback.format_exception_only(type(e), e)).strip()

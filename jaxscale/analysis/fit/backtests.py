@@ -120,10 +120,12 @@ class Backtest:
         """Why a failed backtest failed, from its errors and the fit's caveats ('' if passed)."""
         if self.passed:
             return ""
+        prior = [c.split(" — ")[0] for c in self.fit.caveats if c.startswith("prior-dominated")]
         if not self.fit.ok:
-            return "the fit on the kept points failed its diagnostics: " + "; ".join(
+            why = "the fit on the kept points failed its diagnostics: " + "; ".join(
                 self.fit.problems
             )
+            return why + (f"; those {self.fit.loss.size} points leave {prior[0]}" if prior else "")
         err = self.points["log_error"]
         outside = self.points[~self.points["inside"]]
         side = "lower" if (outside["log_error"] < 0).mean() > 0.5 else "higher"
@@ -133,9 +135,8 @@ class Backtest:
             f"{side} than predicted (median error {np.median(err):+.1%} of loss), so the law "
             f"fitted to the other {self.fit.loss.size} points does not carry to the held-out ones"
         )
-        prior = [c for c in self.fit.caveats if c.startswith("prior-dominated")]
         if prior:
-            why += "; those points leave parameters " + prior[0].split(" — ")[0].lower()
+            why += f"; those points leave {prior[0]}"
         return why
 
     def headline(self) -> str:
@@ -172,7 +173,8 @@ class Backtest:
         plt = plotting.pyplot()
         p = self.points
         fig, ax = plt.subplots(figsize=(5, 4))
-        xcol = "C" if "C" in p else p.columns[0]
+        # one budget held out has one C: spread its points along N instead
+        xcol = "N" if "N" in p and p["N"].nunique() > 1 else ("C" if "C" in p else p.columns[0])
         for inside, color, label in ((True, "C0", "inside"), (False, "C3", "outside")):
             q = p[p["inside"] == inside]
             if len(q):
@@ -180,9 +182,10 @@ class Backtest:
                     q[xcol],
                     q["q50"],
                     yerr=[q["q50"] - q["q5"], q["q95"] - q["q50"]],
-                    fmt="none",
+                    fmt="_",
                     color=color,
                     alpha=0.6,
+                    label=f"predicted median, 90% band ({label})",
                 )
                 ax.scatter(q[xcol], q["actual"], color=color, marker="x", label=f"actual, {label}")
         plotting.log_axes(ax)

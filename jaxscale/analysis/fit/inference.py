@@ -625,9 +625,12 @@ def _diagnose(
     min_ess = min((e for e in ess if np.isfinite(e)), default=float("nan"))
     n_div = int(divergences_CxS.sum()) if divergences_CxS is not None else 0
     if C > 1 and not worst_r <= RHAT_MAX:
+        name = max(per, key=lambda k: per[k]["r_hat"] if np.isfinite(per[k]["r_hat"]) else 0)
+        meds = ", ".join(f"{m:.3g}" for m in np.median(samples[name], axis=1))
         problems.append(
-            f"split R-hat {worst_r:.3f} > {RHAT_MAX}: chains disagree — run longer "
-            "(--warmup/--draws), tighten priors, or check for multimodality (try --method map)"
+            f"split R-hat {worst_r:.3f} > {RHAT_MAX}: chains disagree (most on {name}: chain "
+            f"medians {meds}) — run longer (--warmup/--draws), tighten priors, or, if chains "
+            "sit in separate modes, add data that tells them apart (try --method map)"
         )
     if min_ess < ESS_MIN_PER_CHAIN * C:
         problems.append(
@@ -979,15 +982,16 @@ def fit_problem(
             disc = estimate_discrepancy(prob, keep, seed=seed)
         else:
             disc = X.DEFAULT_DISCREPANCY
-    caveats = [c for c in [replicate_note(sub.data.replicates)] if c]
+    rep_note = replicate_note(sub.data.replicates)
+    caveats = [rep_note] if rep_note else []
+    if rep_note:
+        warnings.warn(rep_note, ReplicatesMergedWarning, stacklevel=2)
     if method in ("map", "laplace"):
         caveats.append(
             f"{method}: a Gaussian at the posterior mode — intervals, and the prior-sensitivity "
             "check, assume the posterior is Gaussian, which with few points it is not; "
             "confirm with --method nuts"
         )
-    if sub.data.replicates.get("rows", 0) != sub.data.replicates.get("points", 0):
-        warnings.warn(caveats[0], ReplicatesMergedWarning, stacklevel=2)
     if method != "map":
         shift = prior_sensitivity(samples, prob.priors)
         diagnostics["prior_sensitivity"] = shift
@@ -1154,14 +1158,16 @@ def estimate_discrepancy(
     e, v, s2, d = [], [], [], []
     names = []
     rng = np.random.default_rng(seed)
-    t_var = prob.spec.df / (prob.spec.df - 2) if prob.spec.noise == "student_t" else 1.0
-    if prob.spec.noise == "student_t" and prob.spec.df <= 2:
-        t_var = 3.0  # infinite-variance noise: a finite stand-in, the prior carries the rest
+    # variance of the unit noise; for df <= 2 (infinite) a finite stand-in, the prior does the rest
+    t_var = 1.0
+    if prob.spec.noise == "student_t":
+        t_var = prob.spec.df / (prob.spec.df - 2) if prob.spec.df > 2 else 3.0
     for name, top in _slices(prob, keep):
         rest = keep & ~top
         w = rest.astype(np.float64)
         try:
-            u_map, cov, _ = _laplace(prob, w, seed)
+            with jax.enable_x64(True):
+                u_map, cov, _ = _laplace(prob, w, seed)
         except RuntimeError:
             continue
         smp = _samples(prob, rng.multivariate_normal(u_map, cov, draws)[None], w)

@@ -21,6 +21,7 @@ from jaxscale.analysis.fit.forms import get_form
 
 CHINCHILLA_PARAMS = frozenset({"alpha", "beta", "log_A", "log_B"})
 INTERVAL = "90% central interval [q5, q95]"
+PREDICTIVE_DRAWS = 4000  # at least this many noise draws behind each predictive band
 # Diagnostics written to summary.json (per-draw arrays and covariances stay in the npz/netCDF).
 SAVED_DIAGNOSTICS = (
     "max_r_hat",
@@ -192,6 +193,7 @@ class FitResult:
             levels = list(10 ** edges[:: max(1, len(edges) // 6)]) + [10 * cmax, 100 * cmax]
             sc = ax.scatter(x["N"], self.loss, c=np.log10(C), s=8, cmap="viridis")
             fig.colorbar(sc, ax=ax, label="log10 C = 6ND")
+            lowest = self.loss.min()
             for c in levels:
                 Ng = np.geomspace(x["N"].min() / 3, x["N"].max() * 30, 60)
                 pr = predict(self, {"N": Ng, "D": c / (6 * Ng)})
@@ -199,10 +201,10 @@ class FitResult:
                 ax.plot(Ng, pr["q50"], "--" if ext else "-", lw=1, color="k" if ext else "0.4")
                 ax.fill_between(Ng, pr["q5"], pr["q95"], alpha=0.25 if ext else 0.15, lw=0)
                 ax.fill_between(Ng, pr["q25"], pr["q75"], alpha=0.25 if ext else 0.15, lw=0)
+                lowest = min(lowest, pr["q50"].min())
             ax.set_xlabel("N (parameters)")
-            ax.set_ylim(
-                min(self.loss.min() * 0.85, ax.get_ylim()[0]), np.quantile(self.loss, 0.98) * 1.1
-            )
+            # frame the data and the extrapolated medians; wide bands may run off the frame
+            ax.set_ylim(lowest * 0.85, np.quantile(self.loss, 0.98) * 1.15)
         else:
             xn = fm.inputs[-1]
             others = [k for k in fm.inputs if k != xn]
@@ -431,9 +433,13 @@ def predict(
     if any((v <= 0).any() or not np.isfinite(v).all() for v in x.values()):
         raise ValueError("predict: inputs must be positive and finite")
     mu = mean_log_loss(res.form, res.samples, x).reshape(-1, n)
+    sig = noise_scale(res)[:, None]
+    if (noise or discrepancy) and mu.shape[0] < PREDICTIVE_DRAWS:
+        # a point fit (or few draws): repeat them, so the bands are those of the noise terms
+        k = -(-PREDICTIVE_DRAWS // mu.shape[0])
+        mu, sig = np.repeat(mu, k, axis=0), np.repeat(sig, k, axis=0)
     d_P = X.distance(res.inputs, x)
     rng = np.random.default_rng(seed)
-    sig = noise_scale(res)[:, None]
     if noise:
         eps = (
             rng.standard_t(res.df, mu.shape)
