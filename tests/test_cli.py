@@ -138,6 +138,10 @@ COMMANDS = [
     "lr",
     "efficiency",
     "step-law",
+    "suggest",
+    "timescale",
+    "export",
+    "anneal",
 ]
 
 
@@ -163,7 +167,7 @@ def test_command_module_that_fails_to_import_breaks_the_parser(monkeypatch, tmp_
 
 @pytest.mark.parametrize(
     "command",
-    ["fit", "frontier", "critical-batch", "shape", "report", "shift", "lr", "efficiency"],
+    ["fit", "frontier", "critical-batch", "shape", "report", "shift", "lr", "efficiency", "export"],
 )
 def test_analysis_commands_describe_every_flag(command):
     p = _subcommands(app.build_parser())[command]

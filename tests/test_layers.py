@@ -20,6 +20,7 @@ LAZY_OK = (
     "etils",
     "yaml",
     "pydoc_data",  # the "prose" eval set: 1 MB of text loaded only when asked for
+    "wandb",  # optional tracker (`jaxscale train --wandb`), not a dependency
 )
 
 

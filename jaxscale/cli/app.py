@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import math
 import os
 import sys
 import textwrap
 from collections.abc import Sequence
 from types import ModuleType
 
-from jaxscale.cli import report
+from jaxscale.cli import report, suggest
 from jaxscale.config import (
     ConfigError,
     DataConfig,
@@ -24,6 +25,7 @@ from jaxscale.config import (
     parse_overrides,
 )
 from jaxscale.core import cache, train
+from jaxscale.core.tracking import Tracking
 from jaxscale.runs import selection, store
 from jaxscale.runs.rundir import RunDir
 from jaxscale.runs.runner import run_sweep
@@ -84,6 +86,7 @@ def config_from_args(args: argparse.Namespace, extra: Sequence[str]) -> RunConfi
 
 def _cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
     cfg = config_from_args(args, extra)
+    tracking = Tracking(wandb_project=args.wandb)
 
     run_dir = args.run_dir or os.path.join("runs", cfg.run_id())
     print(
@@ -104,7 +107,7 @@ def _cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
         )
     try:
         with lock:
-            s = train.train(cfg, run, progress=not args.no_progress)
+            s = train.train(cfg, run, progress=not args.no_progress, tracking=tracking)
     except store.LockLost as e:
         print(f"jaxscale: error: {e}", file=sys.stderr)
         return 4
@@ -136,6 +139,20 @@ def _cmd_study(args: argparse.Namespace, extra: Sequence[str]) -> int:
     runs = study.runs(args.setting)
     conv = args.convention or study.convention
     results = args.results or str(study.default_results(args.setting))
+    if args.adaptive:  # train -> refit -> suggest until the target is known (cli/suggest.py)
+        return suggest.adaptive_study(
+            study,
+            args.setting,
+            results,
+            target=args.adaptive,
+            threshold=args.threshold,
+            budget=args.budget,
+            k=args.k,
+            max_n=args.max_n,
+            method=args.posterior,
+            convention=conv,
+            progress=not args.no_progress,
+        )
     print(f"jaxscale study {study.name} [{args.setting}]: {len(runs)} runs -> {results}")
     # Analyses of this directory then read these runs, not others left there (issue 15).
     selection.write_record(results, study, args.setting, runs)
@@ -145,7 +162,7 @@ def _cmd_study(args: argparse.Namespace, extra: Sequence[str]) -> int:
     )
     print(
         f"sweep: {rep.done} done, {rep.diverged} diverged, {rep.failed} failed of {rep.total}; "
-        f"C spent {rep.flops_spent:.3g} of {rep.flops_planned:.3g} FLOPs ({conv})"
+        f"{rep.flops_line(conv)}"
     )
     if rep.preempted:
         print("preempted: run the same command again to continue")
@@ -172,12 +189,14 @@ def summary_paragraph(s: dict, run_dir: str) -> str:
     # the peak is published or measured (flops.device_peak_flops); claim neither unless recorded
     src = s.get("peak_flops_source")
     peak = f"the device peak ({src})" if src else "the device peak"
+    # "Run run [id]" said nothing: the name is shown only when someone chose one.
+    named = f" ({s['name']})" if s["name"] != RunConfig.name else ""
     text = (
-        f"Run {s['name']} [{s['run_id']}] {s['status']} after {s['steps']} steps "
+        f"Run {s['run_id']}{named} {s['status']} after {s['steps']} steps "
         f"({s['tokens']:,} tokens, {f:.3g} FLOPs by 6N+attention). Final validation loss "
         f"{s['loss']:.4f} nats/token (train {s['train_loss']:.4f}); {s['tokens_per_s']:,.0f} tokens/s, "
         f"MFU {100 * s['mfu']:.1f}% of {peak}; wall {s['wall_time_s']:.1f} s. "
-        f"Metrics, summary and checkpoints are in {run_dir}."
+        f"Metrics, summary, checkpoints and TensorBoard files are in {run_dir}."
     )
     if s["status"] == "preempted":
         text += " Preempted: run the same command again to resume."
@@ -202,6 +221,10 @@ COMMANDS = (
     "jaxscale.cli.lr",
     "jaxscale.cli.efficiency",
     "jaxscale.cli.step_law",
+    "jaxscale.cli.suggest",
+    "jaxscale.cli.timescale",
+    "jaxscale.cli.export",
+    "jaxscale.cli.anneal",
 )
 
 
@@ -230,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(nothing is deleted), then train this one there",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--wandb",
+        metavar="PROJECT",
+        help="also log config, manifest and metrics to this Weights & Biases project (needs "
+        "`pip install wandb`; TensorBoard files are always written to <run-dir>/tensorboard)",
+    )
     p.set_defaults(func=_cmd_train, takes_extra=True)
     q = sub.add_parser(
         "study",
@@ -249,6 +278,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--fit-draws", type=int, default=1000, help="NUTS warmup and draws per chain")
     q.add_argument("--no-report", action="store_true", help="only run the sweep")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
+    q.add_argument(
+        "--adaptive",
+        metavar="TARGET",
+        help="after the study's runs, add runs chosen by `jaxscale suggest` for TARGET (e.g. "
+        "N_opt@1e15) until its 90%% interval ratio q95/q5 <= --threshold or --budget is spent; "
+        "path in <results>/adaptive/",
+    )
+    q.add_argument("--threshold", type=float, default=1.5, help="--adaptive: stop at this q95/q5")
+    q.add_argument("--budget", type=float, default=math.inf, help="--adaptive: FLOPs (6ND) to add")
+    q.add_argument("--k", type=int, default=1, help="--adaptive: runs added per round")
+    q.add_argument("--max-n", type=float, default=None, help="--adaptive: largest N allowed")
+    q.add_argument(
+        "--posterior",
+        choices=("laplace", "nuts"),
+        default="laplace",
+        help="--adaptive: posterior of each refit (laplace: seconds; nuts: exact, minutes)",
+    )
     q.set_defaults(func=_cmd_study)
     for name in COMMANDS:
         _add_command(sub, importlib.import_module(name))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -91,5 +92,24 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out
     written = fr.save(out)
     print(fr.describe())
+    if fr.a is None and Path(args.results).is_dir() and len(fr.runs):
+        print(
+            "hint: a Bayesian fit of L(N, D) to the same final losses needs no bracketed "
+            "vertex; it gives N_opt and D_opt at the largest run's compute with 90% intervals, "
+            f"and a = beta/(alpha+beta): {fit_command(args, fr)}"
+        )
     print(f"wrote {len(written)} files to {out}")
     return 0
+
+
+def fit_command(args: argparse.Namespace, fr: frontier.Frontier) -> str:
+    """The `jaxscale fit` command for the runs and FLOP convention this frontier used."""
+    words = ["jaxscale", "fit", str(args.results)]
+    if args.study:
+        words += ["--study", str(args.study), "--setting", args.setting]
+    if args.all_runs:
+        words.append("--all-runs")
+    words += ["--flops-convention", fr.convention]
+    # fit reads its target as 6ND: the largest run's, so the line it prints is about this data
+    words += ["--target-compute", f"{float(6 * (fr.runs['N'] * fr.runs['D']).max()):.3g}"]
+    return shlex.join(words)

@@ -17,8 +17,8 @@ from typing import Any
 
 from jaxscale.analysis import fit, frontier, isoflop
 from jaxscale.cli import studyargs
+from jaxscale.runs import branches, selection
 from jaxscale.runs import results as results_lib
-from jaxscale.runs import selection
 
 RUN_COLUMNS = [
     "run_id",
@@ -88,14 +88,19 @@ def _q(v: dict[str, float], fmt: str = "{:.3g}") -> str:
     return f"{fmt.format(v['q50'])} [{fmt.format(v['q5'])}, {fmt.format(v['q95'])}]"
 
 
-def runs_section(runs_df: Any) -> Section:
+def runs_section(runs_df: Any, convention: str = "kaplan_attn") -> Section:
     cols = [c for c in RUN_COLUMNS if c in runs_df.columns]
     counts = runs_df["status"].value_counts().to_dict() if "status" in runs_df else {}
     text = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-    body = f"<p>{len(runs_df)} runs: {html.escape(text)}.</p>" + _table(
-        runs_df[cols].set_index("run_id") if "run_id" in cols else runs_df[cols]
+    # Trunks and cooldown branches (runs.branches): what they spent vs the same points alone.
+    saved = branches.table_savings(runs_df, convention)
+    lines = [f"{len(runs_df)} runs ({text})"] + ([saved.line(convention)] if saved else [])
+    body = (
+        f"<p>{len(runs_df)} runs: {html.escape(text)}.</p>"
+        + (f"<p>{html.escape(saved.line(convention))} (trained so far).</p>" if saved else "")
+        + _table(runs_df[cols].set_index("run_id") if "run_id" in cols else runs_df[cols])
     )
-    return Section("Runs", body, [f"{len(runs_df)} runs ({text})"])
+    return Section("Runs", body, lines)
 
 
 def frontier_section(fr: frontier.Frontier, out: Path) -> Section:
@@ -379,7 +384,7 @@ def build_report(
     out = Path(out) if out is not None else results / "report"
     out.mkdir(parents=True, exist_ok=True)
     builders = {
-        "runs": lambda: runs_section(dfs[0]),
+        "runs": lambda: runs_section(dfs[0], convention),
         "frontier": lambda: frontier_section(frontier.analyse(dfs, convention), out),
         "backtest": lambda: backtest_section(
             results,

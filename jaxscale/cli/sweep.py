@@ -147,8 +147,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"done {rep.done}, diverged {rep.diverged}, failed {rep.failed}, "
         f"held by other workers {rep.running_elsewhere}, unfinished {rep.unfinished} of "
-        f"{rep.total}; trained {len(rep.trained)} now; C spent {rep.flops_spent:.3e} of "
-        f"{rep.flops_planned:.3e} ({conv})",
+        f"{rep.total}; trained {len(rep.trained)} now; {rep.flops_line(conv)}",
         file=sys.stderr,
     )
     if rep.exit_code:

@@ -78,6 +78,17 @@ POSITIONS = ("rope", "learned", "none")
 DTYPES = ("float32", "bfloat16")
 REMATS = ("none", "full", "dots")
 SCHEDULES = ("cosine", "constant", "wsd")
+COOLDOWN_SHAPES = ("linear", "1-sqrt")
+PARAMETERIZATIONS = ("sp", "mup")
+DEPTH_SCALINGS = ("none", "1/L")
+# ModelConfig fields added after run IDs existed: left out of the hash at these defaults, so
+# every earlier run keeps its ID (a non-default value changes training and is hashed).
+MODEL_HASHED_UNLESS_DEFAULT = {
+    "parameterization": "sp",
+    "base_width": None,
+    "depth_scaling": "none",
+    "base_depth": None,
+}
 
 
 @dataclass(frozen=True)
@@ -101,11 +112,43 @@ class ModelConfig:
     rope_base: float = _field(10000.0, "RoPE frequency base (Su et al. 2021)")
     init_std: float = _field(0.02, "std of the normal init of weight matrices")
     vocab_multiple: int = _field(8, "pad embedding rows to a multiple of this (tensor sharding)")
+    parameterization: str = _field(
+        "sp", "sp | mup: standard, or μP width scaling from base_width (Yang et al. 2022)"
+    )
+    base_width: int | None = _field(
+        None, "mup: the tuned base d_model (null: this model's own; resized keeps it)"
+    )
+    depth_scaling: str = _field(
+        "none", "none | 1/L: residual branches × base_depth/n_layers (CompleteP, Dey et al. 2025)"
+    )
+    base_depth: int | None = _field(
+        None, "1/L: the tuned base n_layers (null: this model's own; resized keeps it)"
+    )
 
     def __post_init__(self) -> None:
         _normalise(self)
+        _choice(self, "parameterization", PARAMETERIZATIONS)
+        _choice(self, "depth_scaling", DEPTH_SCALINGS)
+        _require(
+            self.parameterization == "mup" or self.base_width is None,
+            "ModelConfig.base_width",
+            "only μP uses a base width; set parameterization=mup or drop base_width",
+        )
+        _require(
+            self.depth_scaling != "none" or self.base_depth is None,
+            "ModelConfig.base_depth",
+            "only depth scaling uses a base depth; set depth_scaling=1/L or drop base_depth",
+        )
+        # The base defaults to this model's own shape, stored so `resized` carries it through.
+        if self.parameterization == "mup" and self.base_width is None:
+            object.__setattr__(self, "base_width", self.d_model)
+        if self.depth_scaling != "none" and self.base_depth is None:
+            object.__setattr__(self, "base_depth", self.n_layers)
         _positive(self, "d_model", "n_layers", "n_heads", "d_ff", "vocab_size", "context_length")
         _positive(self, "vocab_multiple")
+        for n in ("base_width", "base_depth"):
+            if getattr(self, n) is not None:
+                _positive(self, n)
         _choice(self, "activation", ACTIVATIONS)
         _choice(self, "norm", NORMS)
         _choice(self, "position", POSITIONS)
@@ -266,7 +309,10 @@ class DataConfig:
 
 
 # TrainConfig fields that describe how values were chosen; left out of RunConfig.run_id.
-UNHASHED_TRAIN = ("lr_rule", "batch_rule")
+UNHASHED_TRAIN = ("lr_rule", "batch_rule", "branch_points")
+# TrainConfig fields added after run IDs existed: left out of the hash at these defaults, so
+# every earlier run keeps its ID (a non-default value changes training and is hashed).
+TRAIN_HASHED_UNLESS_DEFAULT = {"cooldown_shape": "linear", "branch_of": "", "branch_step": 0}
 
 
 @dataclass(frozen=True)
@@ -302,6 +348,22 @@ class TrainConfig:
     seed: int = _field(0, "init and data-order seed")
     gns: bool = _field(False, "log the gradient noise scale B_simple (McCandlish et al. 2018)")
     gns_ema: float = _field(0.95, "EMA decay of the noise-scale estimates")
+    cooldown_shape: str = _field(
+        "linear", "wsd: shape of the final decay, linear | 1-sqrt (Hägele et al. 2024)"
+    )
+    branch_of: str = _field(
+        "", "run_id of the constant-LR trunk this run branches off (empty: not a branch)"
+    )
+    branch_step: int = _field(0, "branch: the trunk step whose checkpoint this run starts from")
+    branch_points: tuple[int, ...] = _field(
+        (), "trunk: steps checkpointed and kept for its branches (not hashed)"
+    )
+
+    @property
+    def decay_start(self) -> int:
+        """wsd: the first step of the final decay (the steps before it are warmup + constant)."""
+        n_decay = max(1, int(round(self.decay_fraction * self.steps)))
+        return max(self.warmup_steps, self.steps - n_decay)
 
     def __post_init__(self) -> None:
         _normalise(self)
@@ -340,6 +402,52 @@ class TrainConfig:
             not self.gns or self.grad_accum >= 2,
             "TrainConfig.gns",
             "the gradient noise scale needs two batch sizes: set grad_accum >= 2",
+        )
+        _choice(self, "cooldown_shape", COOLDOWN_SHAPES)
+        self._check_branching()
+
+    def _check_branching(self) -> None:
+        points = self.branch_points
+        if isinstance(points, str):  # a CLI override: "120,240", "[120, 240]" or "()"
+            try:
+                points = tuple(int(p) for p in points.strip("()[] ").split(",") if p.strip())
+            except ValueError:
+                pass
+        ok = isinstance(points, (list, tuple)) and all(
+            isinstance(p, int) and not isinstance(p, bool) for p in points
+        )
+        _require(ok, "TrainConfig.branch_points", f"must be a list of steps, got {points!r}")
+        points = tuple(sorted(set(points)))
+        object.__setattr__(self, "branch_points", points)  # JSON gives lists; keep it hashable
+        _require(
+            all(0 < p <= self.steps for p in points),
+            "TrainConfig.branch_points",
+            f"steps {list(points)} must lie in [1, steps={self.steps}]",
+        )
+        if not self.branch_of:
+            _require(
+                self.branch_step == 0,
+                "TrainConfig.branch_step",
+                "is set but branch_of is empty; name the trunk's run_id in train.branch_of",
+            )
+            return
+        _require(
+            not points,
+            "TrainConfig.branch_points",
+            "a branch cannot be a trunk itself; drop branch_points or branch_of",
+        )
+        _require(
+            self.schedule == "wsd",
+            "TrainConfig.schedule",
+            f"a branch cools down from its trunk: set schedule=wsd, not {self.schedule!r}",
+        )
+        # Up to decay_start a wsd run is its constant-LR trunk, so the branch equals an
+        # independent wsd run of the same length (Hägele et al. 2024, Sec. 3).
+        _require(
+            0 < self.branch_step <= self.decay_start,
+            "TrainConfig.branch_step",
+            f"{self.branch_step} must lie in [1, {self.decay_start}] (the decay starts at step "
+            f"{self.decay_start}); branch off earlier or shorten the cooldown",
         )
 
 
@@ -414,6 +522,15 @@ class RunConfig:
     def total_tokens(self) -> int:
         return self.tokens_per_step * self.train.steps
 
+    @property
+    def adamw_timescale(self) -> float:
+        """AdamW EMA timescale as a fraction of training, τ = B / (η λ D) (Wang & Aitchison 2024;
+        Bergsma et al. 2025), B tokens/step, D planned tokens, η peak LR; inf if λ = 0."""
+        # The decay is multiplied by the LR (core.train.make_optimizer), so 1/(ηλ) is the EMA
+        # timescale in steps and B/D = 1/steps turns it into a fraction of the run.
+        wd = self.train.weight_decay
+        return self.tokens_per_step / (self.train.lr * wd * self.total_tokens) if wd else math.inf
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -427,6 +544,12 @@ class RunConfig:
         # two rules is one run, and runs from before the rule fields keep their IDs.
         for k in UNHASHED_TRAIN:
             d["train"].pop(k)
+        for k, default in TRAIN_HASHED_UNLESS_DEFAULT.items():
+            if d["train"][k] == default:
+                d["train"].pop(k)
+        for k, default in MODEL_HASHED_UNLESS_DEFAULT.items():
+            if d["model"][k] == default:
+                d["model"].pop(k)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -103,9 +103,17 @@ def manager(checkpoint_dir: Path, tc: TrainConfig) -> Any:
         log = logging.getLogger(name)
         if _QUIET not in log.filters:
             log.addFilter(_QUIET)
-    opts = ocp.CheckpointManagerOptions(
-        max_to_keep=tc.keep_checkpoints, create=True, enable_async_checkpointing=True
-    )
+    keep: dict[str, Any] = {"max_to_keep": tc.keep_checkpoints}
+    if tc.branch_points:
+        # A trunk keeps its branch points whatever keep_checkpoints prunes: its branches start
+        # from them, possibly long after the trunk finished.
+        policies = ocp.checkpoint_managers
+        keep = {
+            "preservation_policy": policies.AnyPreservationPolicy(
+                [policies.LatestN(n=tc.keep_checkpoints), policies.CustomSteps(tc.branch_points)]
+            )
+        }
+    opts = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True, **keep)
     # Named handlers let a fresh manager read a checkpoint's metadata (the shape check).
     handlers = {"state": ocp.StandardCheckpointHandler(), "host": ocp.JsonCheckpointHandler()}
     # orbax needs an absolute path (relative ones fail inside its OCDBT layer).
@@ -188,6 +196,33 @@ def restore(mngr: Any, abstract: State, quarantine_dir: Path | None = None) -> R
             f"them, or move {mngr.directory} aside to train the run from scratch"
         )
     return None
+
+
+def restore_step(checkpoint_dir: Path, step: int, abstract: State) -> Restored | None:
+    """Checkpoint `step` of another run's directory, read-only (nothing there is pruned or
+    moved), or None if it holds no such step; errors as in `restore`."""
+    import orbax.checkpoint as ocp
+
+    if not (Path(checkpoint_dir) / str(step)).is_dir():
+        return None
+    opts = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "host": ocp.JsonCheckpointHandler()}
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # orbax warns that a read-only directory is read-only
+    try:
+        mngr = ocp.CheckpointManager(
+            Path(checkpoint_dir).absolute(), options=opts, item_handlers=handlers
+        )
+    finally:
+        absl.setLevel(level)
+    try:
+        if step not in mngr.all_steps():
+            return None
+        _check_shapes(mngr, step, abstract)
+        return _read(mngr, step, abstract)
+    finally:
+        mngr.close()
 
 
 def restore_latest(mngr: Any, abstract: State) -> tuple[State | None, int]:

@@ -15,6 +15,7 @@ from flax import nnx
 
 from jaxscale.config import ModelConfig
 from jaxscale.config import axes as ax
+from jaxscale.core import mup
 from jaxscale.core.kernels import causal_attention, dense, gelu_tanh
 from jaxscale.core.sharding import constrain
 
@@ -80,8 +81,11 @@ class Transformer(nnx.Module):
             cfg.padded_vocab,
         )
         std = cfg.init_std
-        # Residual-branch outputs scaled by 1/sqrt(2L) (Radford et al. 2019, GPT-2 §2.3).
-        out_std = std / math.sqrt(2 * L)
+        # Hidden matrices: variance ∝ 1/fan_in under μP (Yang et al. 2022 Table 3); 1 under SP.
+        hid_std = std * mup.hidden_init_scale(cfg)
+        # Residual-branch outputs scaled by 1/sqrt(2L) (Radford et al. 2019, GPT-2 §2.3); L is the
+        # base depth under 1/L depth scaling (Dey et al. 2025), whose branch multiplier does the rest.
+        out_std = hid_std / math.sqrt(2 * mup.init_depth(cfg))
         layer = (ax.LAYERS,)
         self.embed = _param(rngs.params(), (V, D), std, (ax.VOCAB, ax.EMBED), pd)
         if cfg.position == "learned":
@@ -96,15 +100,16 @@ class Transformer(nnx.Module):
             self.ln2_bias = _const((L, D), 0.0, layer + (ax.NORM,), pd)
             self.lnf_bias = _const((D,), 0.0, (ax.NORM,), pd)
         qkv_names = layer + (ax.EMBED, ax.HEADS, ax.HEAD_DIM)
-        self.wq = _param(rngs.params(), (L, D, N, H), std, qkv_names, pd)
-        self.wk = _param(rngs.params(), (L, D, N, H), std, qkv_names, pd)
-        self.wv = _param(rngs.params(), (L, D, N, H), std, qkv_names, pd)
+        self.wq = _param(rngs.params(), (L, D, N, H), hid_std, qkv_names, pd)
+        self.wk = _param(rngs.params(), (L, D, N, H), hid_std, qkv_names, pd)
+        self.wv = _param(rngs.params(), (L, D, N, H), hid_std, qkv_names, pd)
         self.wo = _param(
             rngs.params(), (L, N, H, D), out_std, layer + (ax.HEADS, ax.HEAD_DIM, ax.EMBED), pd
         )
-        self.w_in = _param(rngs.params(), (L, D, F), std, layer + (ax.EMBED, ax.MLP), pd)
+        mlp_names = layer + (ax.EMBED, ax.MLP)
+        self.w_in = _param(rngs.params(), (L, D, F), hid_std, mlp_names, pd)
         if cfg.activation == "swiglu":
-            self.w_gate = _param(rngs.params(), (L, D, F), std, layer + (ax.EMBED, ax.MLP), pd)
+            self.w_gate = _param(rngs.params(), (L, D, F), hid_std, mlp_names, pd)
         self.w_out = _param(rngs.params(), (L, F, D), out_std, layer + (ax.MLP, ax.EMBED), pd)
         if not cfg.tie_embeddings:
             self.head = _param(rngs.params(), (D, V), std, (ax.EMBED, ax.VOCAB), pd)
@@ -119,8 +124,9 @@ class Transformer(nnx.Module):
         """Logits [B, L, V] (float32) for integer tokens [B, L]."""
         return self.logits(self.hidden(tokens_BxL))
 
-    def hidden(self, tokens_BxL: jax.Array) -> jax.Array:
-        """Final-normed hidden states [B, L, D] in the compute dtype."""
+    def hidden(self, tokens_BxL: jax.Array, *, final_norm: bool = True) -> jax.Array:
+        """Final-normed hidden states [B, L, D] in the compute dtype (the residual stream before
+        the final norm with final_norm=False: the μP coordinate check's unsaturated view)."""
         cfg = self.cfg
         cd = _DTYPES[cfg.compute_dtype]
         B, T = tokens_BxL.shape
@@ -142,6 +148,8 @@ class Transformer(nnx.Module):
         else:
             for i in range(cfg.n_layers):
                 x_BxLxD = block(x_BxLxD, {k: v[i] for k, v in layers.items()})
+        if not final_norm:
+            return x_BxLxD
         bias = self.lnf_bias[...] if cfg.norm == "layernorm" else None
         return _norm(x_BxLxD, self.lnf_scale[...], bias)
 
@@ -152,6 +160,10 @@ class Transformer(nnx.Module):
         else:
             w_DxV = self.head[...].astype(cd)
         logits_BxLxV = jnp.einsum("bld,dv->blv", h_BxLxD, w_DxV, preferred_element_type=jnp.float32)
+        if (s := mup.logit_scale(self.cfg)) != 1.0:
+            # μP readout multiplier 1/m_N (Yang et al. 2022, as their MuReadout); a tied embedding keeps its
+            # input-layer init and LR, which μP's readout also wants in this form (nanoGPT-mup).
+            logits_BxLxV = logits_BxLxV * s
         return constrain(logits_BxLxV, (ax.BATCH, ax.LENGTH, ax.VOCAB))
 
 
@@ -161,6 +173,11 @@ def _block_fn(
     """One pre-norm block x + attn(norm(x)) then x + mlp(norm(x)), over one layer's params."""
     cd = _DTYPES[cfg.compute_dtype]
     act_names = (ax.BATCH, ax.LENGTH, ax.EMBED)
+    # Residual branches × base_depth/L (CompleteP α = 1, Dey et al. 2025; Bordelon et al. 2023).
+    r = mup.residual_scale(cfg)
+
+    def branch(y_BxLxD: jax.Array) -> jax.Array:
+        return y_BxLxD if r == 1.0 else y_BxLxD * jnp.asarray(r, y_BxLxD.dtype)
 
     def block(x_BxLxD: jax.Array, p: dict[str, jax.Array]) -> jax.Array:
         w = {k: v.astype(cd) for k, v in p.items()}
@@ -173,7 +190,7 @@ def _block_fn(
             q_BxLxNxH = _rope(q_BxLxNxH, sin_LxK, cos_LxK)
             k_BxLxNxH = _rope(k_BxLxNxH, sin_LxK, cos_LxK)
         o_BxLxNxH = causal_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH)
-        x_BxLxD = x_BxLxD + _project(o_BxLxNxH.reshape(B, T, -1), w["wo"], 2)
+        x_BxLxD = x_BxLxD + branch(_project(o_BxLxNxH.reshape(B, T, -1), w["wo"], 2))
         x_BxLxD = constrain(x_BxLxD, act_names)
         h = _norm(x_BxLxD, w["ln2_scale"], w.get("ln2_bias"))
         u_BxLxF = _project(h, w["w_in"])
@@ -183,7 +200,7 @@ def _block_fn(
         else:
             u_BxLxF = gelu_tanh(u_BxLxF)
         u_BxLxF = constrain(u_BxLxF, (ax.BATCH, ax.LENGTH, ax.MLP))
-        x_BxLxD = x_BxLxD + _project(u_BxLxF, w["w_out"])
+        x_BxLxD = x_BxLxD + branch(_project(u_BxLxF, w["w_out"]))
         return constrain(x_BxLxD, act_names)
 
     return block

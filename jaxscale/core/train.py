@@ -6,6 +6,7 @@ and peak LR share one `vmap`ped step on one process. Every run's directory is wr
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -26,14 +27,15 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jaxscale.config import ConfigError, RunConfig, TrainConfig
+from jaxscale.config import ConfigError, ModelConfig, RunConfig, TrainConfig
 from jaxscale.config.axes import BATCH, LENGTH
-from jaxscale.core import checkpoint, memory, provenance
+from jaxscale.core import checkpoint, memory, mup, provenance
 from jaxscale.core import data as data_lib
 from jaxscale.core import flops as flops_lib
 from jaxscale.core import model as model_lib
 from jaxscale.core import sharding as shd
 from jaxscale.core.noise import NoiseScaleEMA
+from jaxscale.core.tracking import Hook, Tracking
 
 State = dict[str, Any]
 
@@ -47,26 +49,54 @@ def relative_schedule(tc: TrainConfig) -> optax.Schedule:
     warm = optax.linear_schedule(0.0, 1.0, max(w, 1))
     if tc.schedule == "constant":
         return optax.join_schedules([warm, optax.constant_schedule(1.0)], [w])
-    # Warmup-stable-decay (Hu et al. 2024, MiniCPM): linear decay over the last fraction.
-    n_decay = max(1, int(round(tc.decay_fraction * n)))
-    start = max(w, n - n_decay)
-    decay = optax.linear_schedule(1.0, floor, n - start)
+    # Warmup-stable-decay (Hu et al. 2024, MiniCPM): a decay over the last fraction.
+    start = tc.decay_start
+    if tc.cooldown_shape == "1-sqrt":
+        # Hägele et al. 2024 (Sec. 3, the (1-sqrt) cooldown, better than linear in their
+        # Fig. 4): 1 - sqrt((t - t0) / n_cool), here mapped onto [min_lr_ratio, 1].
+        n_cool = max(n - start, 1)
+
+        def decay(t: jax.Array) -> jax.Array:
+            x = jnp.clip(jnp.asarray(t, jnp.float32) / n_cool, 0.0, 1.0)
+            return floor + (1.0 - floor) * (1.0 - jnp.sqrt(x))
+
+    else:
+        decay = optax.linear_schedule(1.0, floor, n - start)
     return optax.join_schedules([warm, optax.constant_schedule(1.0), decay], [w, start])
 
 
-def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(tc: TrainConfig, mc: ModelConfig | None = None) -> optax.GradientTransformation:
     """AdamW (Loshchilov & Hutter 2019) with clipping; the peak LR is applied in the step so
-    models that differ only in LR can share one vmapped step."""
+    models that differ only in LR can share one vmapped step. Given mc, μP's per-parameter LR
+    factors (core.mup.lr_multipliers) scale the Adam direction by parameter name (optax.partition)."""
 
     def decay_mask(params):
-        return jax.tree.map(lambda p: p.ndim >= 2, params)  # no decay on norm scales
+        # By name, not ndim: stacked per-layer norm scales are [L, D] (Loshchilov & Hutter 2019
+        # decay weights, not norm gains or biases).
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: not str(getattr(path[-1], "key", "")).endswith(("_scale", "_bias")),
+            params,
+        )
 
     parts = [optax.clip_by_global_norm(tc.grad_clip)] if tc.grad_clip > 0 else []
-    parts += [
-        optax.scale_by_adam(b1=tc.beta1, b2=tc.beta2, eps=tc.eps),
-        optax.add_decayed_weights(tc.weight_decay, mask=decay_mask),
-        optax.scale_by_schedule(relative_schedule(tc)),
-    ]
+    parts += [optax.scale_by_adam(b1=tc.beta1, b2=tc.beta2, eps=tc.eps)]
+    mults = {n: m for n, m in mup.lr_multipliers(mc).items() if m != 1.0} if mc else {}
+    if mults:
+
+        def labels(params):
+            def one(path, _):
+                name = getattr(path[-1], "key", None)
+                return name if name in mults else "rest"
+
+            return jax.tree_util.tree_map_with_path(one, params)
+
+        # Scaled before the decay, so the per-step decay η·λ stays width-independent: CompleteP
+        # (Dey et al. 2025 Table 1) multiplies hidden λ by m_N under coupled AdamW to the same end.
+        scales = {n: optax.scale(m) for n, m in mults.items()}
+        parts += [optax.partition(scales | {"rest": optax.identity()}, labels)]
+    # The step multiplies by peak LR × relative_schedule, so the schedule is applied once: the
+    # per-step update is η_t·(Adam direction + λ·p), coupled AdamW as in PyTorch and optax.adamw.
+    parts += [optax.add_decayed_weights(tc.weight_decay, mask=decay_mask)]
     return optax.chain(*parts)
 
 
@@ -179,7 +209,7 @@ def setup(cfg: RunConfig, mesh: jax.sharding.Mesh | None = None) -> Setup:
     graphdef, abstract = jax.eval_shape(lambda: model_lib.init_state(mc, 0))
     params_abs = nnx.to_pure_dict(abstract)
     params_sh = shd.tree_shardings(mesh, model_lib.logical_axes(abstract), params_abs)
-    tx = make_optimizer(tc)
+    tx = make_optimizer(tc, mc)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     opt_sh = _opt_shardings(jax.eval_shape(tx.init, params_abs), params_sh, replicated)
     state_sh = {"params": params_sh, "opt": opt_sh, "step": replicated, "lr": replicated}
@@ -260,6 +290,9 @@ class RunFiles(Protocol):
     @property
     def quarantine_dir(self) -> Path: ...
 
+    @property
+    def tensorboard_dir(self) -> Path: ...
+
     def check_writable(self) -> None: ...
 
     def check_identity(self, cfg: RunConfig, data: dict) -> str: ...
@@ -276,11 +309,18 @@ class RunFiles(Protocol):
 
     def write_summary(self, summary: dict) -> None: ...
 
+    def sessions(self) -> list[dict]: ...
+
+    def trunk(self, run_id: str) -> RunFiles:
+        """The files of trunk run `run_id` (a sibling in the same results), read by a branch."""
+        ...
+
 
 # --- K same-shape models ----------------------------------------------------------------------
 
 # TrainConfig fields that may differ inside a group: they only change values, not shapes.
-VARYING = ("seed", "lr")
+# branch_of/branch_step only say which trunk checkpoint a model starts from.
+VARYING = ("seed", "lr", "branch_of", "branch_step")
 
 
 def _shape_key(cfg: RunConfig) -> tuple:
@@ -372,7 +412,7 @@ def setup_group(cfg: RunConfig, K: int, mesh: jax.sharding.Mesh | None = None) -
             batch_sharding=s.batch_sharding,
         )
     mc = cfg.model
-    tx = make_optimizer(cfg.train)
+    tx = make_optimizer(cfg.train, cfg.model)
     step = jax.vmap(build_step(cfg, s.graphdef, s.abstract, tx))
     eval_one = build_eval(cfg, s.graphdef, s.abstract)
     state_sh = jax.tree.map(_stacked, s.state_shardings)
@@ -425,6 +465,8 @@ def init_group(g: GroupSetup, cfgs: Sequence[RunConfig]) -> State:
 # --- the training loop ------------------------------------------------------------------------
 
 STARTUP_PREEMPTED = "SIGTERM during start-up, before anything was trained or written"
+BAR_WINDOW = 20  # tokens/s measurements the progress bar's median spans
+TRACKER_FILES = "TensorBoard/W&B files"
 
 
 class _StartupPreempted(BaseException):
@@ -486,6 +528,7 @@ class _Run:
         self.last_loss = math.nan
         self.last_eval = math.nan
         self.rows: list[dict] = []
+        self.hooks: list[Hook] = []  # trackers mirroring the rows (core.tracking), process 0 only
         self.error: str | None = None
         tc = cfg.train
         micro = tc.batch_size // tc.grad_accum
@@ -510,6 +553,17 @@ class _Run:
                 "(written before it was saved); gns_b_simple restarts its EMA here",
                 stacklevel=2,
             )
+
+    def track(self, step: int, row: dict) -> None:
+        """Mirror a metrics row (or an eval's loss) to the trackers."""
+        with _naming_disk_full(TRACKER_FILES, self.files.path):
+            for h in self.hooks:
+                h.log(step, row)
+
+    def close_hooks(self) -> None:
+        with _naming_disk_full(TRACKER_FILES, self.files.path):
+            for h in self.hooks:
+                h.close()
 
     def flush(self) -> None:
         """Append the pending rows to metrics.jsonl, unless another worker took the run over."""
@@ -554,6 +608,7 @@ def train(
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,
     corpus: data_lib.Corpus | None = None,
+    tracking: Tracking = Tracking(),
 ) -> dict:
     """Train one run into `run`, resuming from its latest checkpoint; returns the summary.
 
@@ -562,7 +617,9 @@ def train(
     summary with status 'preempted' and a 'note', having written nothing; SIGTERM later
     checkpoints first. A disk-full write raises checkpoint.DiskFull (an OSError).
     """
-    return _train([cfg], [run], progress=progress, mesh=mesh, corpus=corpus, grouped=False)[0]
+    return _train(
+        [cfg], [run], progress=progress, mesh=mesh, corpus=corpus, grouped=False, tracking=tracking
+    )[0]
 
 
 def train_group(
@@ -571,10 +628,19 @@ def train_group(
     *,
     progress: bool = True,
     corpus: data_lib.Corpus | None = None,
+    tracking: Tracking = Tracking(),
 ) -> list[dict]:
     """Train compatible runs together (one vmapped step), each resumable in its own directory;
     returns their summaries in order. A diverged model is masked; the others carry on."""
-    return _train(list(cfgs), list(runs), progress=progress, mesh=None, corpus=corpus, grouped=True)
+    return _train(
+        list(cfgs),
+        list(runs),
+        progress=progress,
+        mesh=None,
+        corpus=corpus,
+        grouped=True,
+        tracking=tracking,
+    )
 
 
 def _train(
@@ -585,6 +651,7 @@ def _train(
     mesh: jax.sharding.Mesh | None,
     corpus: data_lib.Corpus | None,
     grouped: bool,
+    tracking: Tracking,
 ) -> list[dict]:
     _check_group(cfgs, runs)
     with _Preemption() as pre:
@@ -603,7 +670,14 @@ def _train(
                         r.claim(c, ident)
             with jax.set_mesh(g.base.mesh):
                 return _loop(
-                    cfgs, runs, g, corpus, pre, progress=progress and is_main, grouped=grouped
+                    cfgs,
+                    runs,
+                    g,
+                    corpus,
+                    pre,
+                    progress=progress and is_main,
+                    grouped=grouped,
+                    tracking=tracking,
                 )
         except checkpoint.DiskFull as e:
             if is_main:
@@ -665,19 +739,32 @@ def _restore_or_init(
         # Waits for in-flight async saves even when training raises (e.g. disk full).
         stack.callback(checkpoint.close, mngr)
         restored = checkpoint.restore(mngr, abstract, f.quarantine_dir)
+        from_trunk = restored is None and bool(c.train.branch_of)
+        if from_trunk:
+            # A branch's first session starts from its trunk; later ones from its own
+            # checkpoints, so a preempted branch never re-reads (or retrains) the trunk.
+            restored = _trunk_checkpoint(c, f, abstract)
         if restored is None:
             fresh = init_group(g, cfgs) if fresh is None else fresh
             st, start, host = g.model_state(fresh, k), 0, {}
         else:
             st, start, host = restored.state, restored.step, restored.host
             if np.float32(st["lr"]) != np.float32(c.train.lr):
+                where = f"trunk {c.train.branch_of}" if from_trunk else repr(str(f.path))
                 raise ConfigError(
-                    f"{str(f.path)!r}: checkpoint has lr={float(st['lr'])} but the config says "
+                    f"{where}: checkpoint has lr={float(st['lr'])} but the config says "
                     f"{c.train.lr}; use a fresh run directory"
                 )
         if writer:
             with _naming_disk_full("metrics", f.path):
-                f.truncate_metrics(start)
+                f.truncate_metrics(0 if from_trunk else start)
+                if from_trunk:
+                    # The trunk's rows up to the branch point, so the branch's curve (and its
+                    # lr column) covers its whole schedule; `trunk` marks them as copied.
+                    rows = f.trunk(c.train.branch_of).read_metrics()
+                    f.append_metrics(
+                        [{**r, "trunk": c.train.branch_of} for r in rows if r.get("step", math.inf) <= start]
+                    )
         run = _Run(k, c, f, start, mngr, writer)
         run.load_host_state(host)
         # A resumed run carries its latest logged losses, so a run resumed at its end reports them.
@@ -689,6 +776,21 @@ def _restore_or_init(
     return g.stack(states), runs
 
 
+def _trunk_checkpoint(cfg: RunConfig, files: RunFiles, abstract: State) -> checkpoint.Restored:
+    """The trunk's checkpoint at cfg's branch step; ConfigError naming the trunk if missing."""
+    tc = cfg.train
+    trunk = files.trunk(tc.branch_of)
+    out = checkpoint.restore_step(trunk.checkpoint_dir, tc.branch_step, abstract)
+    if out is None:
+        raise ConfigError(
+            f"branch {cfg.name!r}: its trunk {tc.branch_of} has no checkpoint at step "
+            f"{tc.branch_step} in {trunk.checkpoint_dir}; train the trunk first (`jaxscale sweep "
+            f"run` trains trunks before branches), or, if it finished without this branch point, "
+            f"move {trunk.path} aside so the sweep retrains it with this study's branch points"
+        )
+    return out
+
+
 def _loop(
     cfgs: list[RunConfig],
     files: list[RunFiles],
@@ -698,6 +800,7 @@ def _loop(
     *,
     progress: bool,
     grouped: bool,
+    tracking: Tracking,
 ) -> list[dict]:
     base = cfgs[0]
     tc, mc, K = base.train, base.model, g.K
@@ -717,6 +820,12 @@ def _loop(
     per_model_tokens = base.tokens_per_step
     pending: list[tuple[list[tuple[_Run, int]], dict]] = []
     tps, n_live = math.nan, K
+    # The bar shows a median over recent measurements: single intervals are noisy on CPU.
+    tps_recent: collections.deque[float] = collections.deque(maxlen=BAR_WINDOW)
+
+    def mfu_of(tokens_per_s: float) -> float:
+        # MFU is the hardware's: every live model's tokens share the devices.
+        return tokens_per_s * n_live * fpt_mfu / (peak * n_dev) if peak else math.nan
 
     def record(r: _Run, step_no: int, m: dict) -> None:
         row = {
@@ -727,8 +836,7 @@ def _loop(
             "lr": float(m["lr"]),
             "grad_norm": float(m["grad_norm"]),
             "tokens_per_s": tps,
-            # MFU is the hardware's: every live model's tokens share the devices.
-            "mfu": tps * n_live * fpt_mfu / (peak * n_dev) if peak else math.nan,
+            "mfu": mfu_of(tps),
             "time": time.time(),
         }
         if r.gns is not None:
@@ -736,6 +844,7 @@ def _loop(
             row["gns_b_simple"] = b
             row["gns_b_simple_tokens"] = b * mc.context_length
         r.rows.append(row)
+        r.track(step_no, row)
         if not math.isfinite(row["loss"]):
             r.status = "diverged"
             r.error = f"non-finite training loss at step {step_no}"
@@ -758,6 +867,7 @@ def _loop(
         outs = [g.per_model(o) for o in outs]
         for r in rs:
             r.last_eval = float(np.mean([o[r.k]["loss"] for o in outs]))
+            r.track(r.step, {"eval_loss": r.last_eval})
             for row in reversed(r.rows):
                 if row["step"] == r.step:
                     row["eval_loss"] = r.last_eval
@@ -773,6 +883,13 @@ def _loop(
     pi, pc = jax.process_index(), jax.process_count()
     with contextlib.ExitStack() as stack:
         state, runs = _restore_or_init(g, cfgs, files, stack)
+        for r in runs:
+            if r.writer:  # process 0 only; each run of a group its own event directory
+                stack.callback(r.close_hooks)
+                with _naming_disk_full(TRACKER_FILES, r.files.path):
+                    r.hooks = tracking.open(
+                        r.cfg, r.files.tensorboard_dir, r.start, r.files.sessions()
+                    )
         feeds = [
             stack.enter_context(
                 contextlib.closing(
@@ -814,7 +931,14 @@ def _loop(
             it += 1
             drain(keep=1)
             at_eval = [r for r in live if r.step % tc.eval_every == 0 or r.step == tc.steps]
-            at_ckpt = [r for r in live if r.step % tc.checkpoint_every == 0 or r.step == tc.steps]
+            # A trunk also checkpoints its branch points (kept: checkpoint.manager).
+            at_ckpt = [
+                r
+                for r in live
+                if r.step % tc.checkpoint_every == 0
+                or r.step == tc.steps
+                or r.step in tc.branch_points
+            ]
             if at_eval or at_ckpt or pre.requested:
                 drain(keep=0)
             if it % tc.log_every == 0 or at_eval:
@@ -822,6 +946,7 @@ def _loop(
                 # Each model's own tokens/s (the group processes n_live times as many).
                 tps = (it - it_last) * per_model_tokens / max(now - t_last, 1e-9)
                 t_last, it_last = now, it
+                tps_recent.append(tps)
             if to_eval := [r for r in at_eval if r.active]:
                 evaluate(to_eval)
             save([r for r in at_ckpt if r.active])
@@ -831,8 +956,10 @@ def _loop(
             if bar is not None:
                 lead = live[0]
                 bar.update(1)
-                post = {"loss": f"{lead.last_loss:.3f}", "eval": f"{lead.last_eval:.3f}"}
-                bar.set_postfix(**post, **({"live": n_live} if K > 1 else {}), refresh=False)
+                post = _bar_postfix(lead.last_loss, lead.last_eval, tps_recent, mfu_of)
+                if K > 1:
+                    post["live"] = str(n_live)
+                bar.set_postfix(post, refresh=False)  # a dict keeps its order; kwargs are sorted
         drain(keep=0)
     wall = time.perf_counter() - t0
     for r in runs:
@@ -861,6 +988,13 @@ def _loop(
             "peak_flops_source": peak_source,
             "mfu": hw_tps * fpt_mfu / (peak * n_dev) if peak else math.nan,
         }
+        if r.cfg.train.branch_of:
+            # "flops" is the equivalent independent run's C (what the frontier and fit use);
+            # the branch itself spent only its steps after the trunk's (Hägele et al. 2024).
+            own = (done - r.cfg.train.branch_step) * per_model_tokens
+            summary["flops_own"] = {
+                c: flops_lib.flops_per_token(mc, c) * own for c in flops_lib.CONVENTIONS
+            }
         if grouped:
             summary["group_size"] = K
         if r.error:
@@ -875,6 +1009,7 @@ def _loop(
 
 def _summary_base(cfg: RunConfig) -> dict:
     mc = cfg.model
+    tau = cfg.adamw_timescale
     return {
         "run_id": cfg.run_id(),
         "name": cfg.name,
@@ -883,7 +1018,29 @@ def _summary_base(cfg: RunConfig) -> dict:
         "n_params_embedding": mc.n_params_embedding,
         "tokens_per_step": cfg.tokens_per_step,
         "planned_steps": cfg.train.steps,
+        # The AdamW timescale τ = B/(ηλD) and its inputs (RunConfig.adamw_timescale); null τ
+        # when λ = 0, as JSON has no infinity.
+        "peak_lr": cfg.train.lr,
+        "weight_decay": cfg.train.weight_decay,
+        "planned_tokens": cfg.total_tokens,
+        "adamw_tau": tau if math.isfinite(tau) else None,
     }
+
+
+def _bar_postfix(
+    loss: float, eval_loss: float, tps_recent: Sequence[float], mfu_of: Callable[[float], float]
+) -> dict[str, str]:
+    """The bar's readout: train loss, the last eval loss (none before the first eval), and
+    tokens/s and MFU as medians of the recent measurements."""
+    post = {"loss": f"{loss:.3f}"}
+    if math.isfinite(eval_loss):
+        post["eval"] = f"{eval_loss:.3f}"
+    if tps_recent:
+        tps = float(np.median(tps_recent))
+        post["tok/s"] = f"{tps:,.0f}"
+        if math.isfinite(mfu_of(tps)):
+            post["mfu"] = f"{100 * mfu_of(tps):.1f}%"
+    return post
 
 
 def _progress_bar(enabled: bool, start: int, total: int, name: str):

@@ -1,10 +1,10 @@
-"""Study grids: model and schedule builders, isoFLOP profiles, N×D, batch and LR grids.
+"""Study grids: model and schedule builders, isoFLOP profiles, N×D, batch, LR and λ grids.
 
 Study files (experiments/*.py) build their runs from these; shape grids at fixed N live in
-analysis.width_depth, which also analyses them. isoflop_plan, nd_grid_runs and lr_grid_runs
-take an `lr_rule` and a `batch_rule` (runs.hparams): each run then gets the rule's value at its
-N (non-embedding), D (tokens) and B (tokens/step) and records the rule in train.lr_rule /
-train.batch_rule; without a rule every run keeps base.train's value.
+analysis.width_depth, which also analyses them. isoflop_plan, nd_grid_runs, lr_grid_runs and
+wd_grid_runs take an `lr_rule` and a `batch_rule` (runs.hparams): each run then gets the rule's
+value at its N (non-embedding), D (tokens) and B (tokens/step) and records the rule in
+train.lr_rule / train.batch_rule; without a rule every run keeps base.train's value.
 """
 
 from __future__ import annotations
@@ -265,4 +265,54 @@ def lr_grid_runs(
                 **(rules | {"lr": lr}),
             )
             out.append(dataclasses.replace(cfg, name=f"{prefix}_N{N}_lr{lr:.2e}"))
+    return dedupe(out)
+
+
+def wd_grid_runs(
+    base: RunConfig,
+    shapes: Sequence[tuple[int, int]],
+    tokens: Sequence[float],
+    *,
+    wds: Sequence[float] | None = None,
+    taus: Sequence[float] | None = None,
+    evals: int | None = 8,
+    prefix: str = "wd",
+    lr_rule: Rule | None = None,
+    batch_rule: Rule | None = None,
+    **model_kw: Any,
+) -> list[RunConfig]:
+    """Every (width, depth) × token count D × weight decay, for the optimal AdamW timescale.
+
+    Give either `wds`, the λ of every run, or `taus`, AdamW timescales τ = B/(ηλD) (Wang &
+    Aitchison 2024; Bergsma et al. 2025): each run then gets λ = B/(η τ D) at its own η, B and
+    D, so a grid in τ stays centred as η and D/N change. λ = 0 in `wds` is the no-decay
+    baseline. lr_rule / batch_rule set η and B from N, D and B as in nd_grid_runs.
+    """
+    if (wds is None) == (taus is None):
+        raise ConfigError("wd_grid_runs: give exactly one of wds (λ values) or taus (τ values)")
+    values = list(wds if wds is not None else taus)  # type: ignore[arg-type]
+    if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        what = "wds" if wds is not None else "taus"
+        raise ConfigError(f"wd_grid_runs: need finite {what}, got {values}")
+    if wds is not None and min(values) < 0:
+        raise ConfigError(f"wd_grid_runs: weight decays must be >= 0, got {values}")
+    if taus is not None and min(values) <= 0:
+        raise ConfigError(f"wd_grid_runs: timescales τ must be > 0, got {values}")
+    cells = nd_grid_runs(
+        base,
+        shapes,
+        tokens,
+        evals=evals,
+        prefix=prefix,
+        lr_rule=lr_rule,
+        batch_rule=batch_rule,
+        **model_kw,
+    )
+    out = []
+    for cfg in cells:
+        for v in values:
+            # λ = B/(η τ D): B/D = 1/steps, so λ = 1/(η τ steps) whatever the token units.
+            wd = v if wds is not None else 1.0 / (cfg.train.lr * v * cfg.train.steps)
+            tc = dataclasses.replace(cfg.train, weight_decay=wd)
+            out.append(dataclasses.replace(cfg, train=tc, name=f"{cfg.name}_wd{wd:.3g}"))
     return dedupe(out)

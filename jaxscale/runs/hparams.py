@@ -8,6 +8,8 @@ per optimizer step, batch × context) to a value:
     PowerLaw.from_lr_study("results/lr-tiny")    fitted to the kit's own LR study, with its interval
     StepLaw()                                    Li et al. 2025: η = 1.79 N^-0.713 D^0.307,
                                                  StepLaw().batch: B = 0.58 D^0.571 tokens
+    MuTransfer(lr, base_width, base_depth=None)  the LR tuned at a μP base shape, for every
+                                                 width (and depth): μP absorbs the scaling
 
 The grids (isoflop_plan, nd_grid_runs, lr_grid_runs) apply a rule per run and record its
 description in train.lr_rule / train.batch_rule beside the value it produced (train.lr,
@@ -18,6 +20,7 @@ every axis on which it extrapolates; `explain(runs, rule)` tabulates that for a 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -29,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from jaxscale.config import ConfigError, RunConfig, TrainConfig
+from jaxscale.config import ConfigError, ModelConfig, RunConfig, TrainConfig
 from jaxscale.runs import store
 from jaxscale.runs.rundir import RunDir
 
@@ -339,6 +342,54 @@ class StepLaw(PowerLaw):
         )
 
 
+@dataclass(frozen=True)
+class MuTransfer(Rule):
+    """μP transfer (Yang et al. 2022, "Tensor Programs V"): the peak LR tuned at base_width (and,
+    with depth scaling, base_depth: CompleteP, Dey et al. 2025) serves every width (and depth)
+    of a model parameterised from that base, whose per-layer factors absorb the scaling.
+    `model(mc)` parameterises a model so; `check(mc)` says why a model would not transfer."""
+
+    lr: float
+    base_width: int
+    base_depth: int | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        _check_positive("MuTransfer.lr", self.lr)
+        for n in ("base_width", "base_depth"):
+            v = getattr(self, n)
+            if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+                raise ConfigError(f"MuTransfer.{n}: must be a positive integer, got {v!r}")
+
+    def __call__(self, N: float, D: float, B: float) -> float:
+        return float(self.lr)
+
+    def describe(self) -> str:
+        depth = f", depth {self.base_depth} (1/L)" if self.base_depth else ""
+        src = f" ({self.source})" if self.source else ""
+        return f"μP transfer of {self.lr:.3g} tuned at width {self.base_width}{depth}{src}"
+
+    def model(self, mc: ModelConfig) -> ModelConfig:
+        """mc parameterised for this rule: μP from base_width (and 1/L depth scaling)."""
+        depth = {"depth_scaling": "1/L", "base_depth": self.base_depth} if self.base_depth else {}
+        return dataclasses.replace(mc, parameterization="mup", base_width=self.base_width, **depth)
+
+    def check(self, mc: ModelConfig) -> tuple[str, ...]:
+        """One message per way mc is not parameterised from this rule's base."""
+        out = []
+        if mc.parameterization != "mup" or mc.base_width != self.base_width:
+            out.append(
+                f"model is {mc.parameterization} (base_width {mc.base_width}), not μP from width "
+                f"{self.base_width}: its best LR moves with width (MuTransfer.model sets it up)"
+            )
+        if self.base_depth and (mc.depth_scaling != "1/L" or mc.base_depth != self.base_depth):
+            out.append(
+                f"model has depth_scaling {mc.depth_scaling} (base_depth {mc.base_depth}), not "
+                f"1/L from depth {self.base_depth}: its best LR moves with depth"
+            )
+        return tuple(out)
+
+
 def _check_positive(name: str, v: Any) -> None:
     if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
         raise ConfigError(f"{name}: must be a positive finite number, got {v!r}")
@@ -383,11 +434,13 @@ def explain(
     runs: Sequence[RunConfig], lr_rule: Rule, batch_rule: Rule | None = None
 ) -> pd.DataFrame:
     """Per run: N, D, B (tokens/step), train.lr and the rule's value at the run with its 90%
-    interval and extrapolation warnings (and the batch rule's, when given)."""
+    interval and extrapolation warnings (and the batch rule's, when given); a MuTransfer rule
+    also warns for each run whose model is not parameterised from its base."""
     rows = []
     for r in runs:
         N, D, B = r.model.n_params_nonembedding, r.total_tokens, r.tokens_per_step
         v = lr_rule.at(N, D, B)
+        warn = v.warnings + (lr_rule.check(r.model) if isinstance(lr_rule, MuTransfer) else ())
         row = {
             "name": r.name,
             "N": N,
@@ -397,7 +450,7 @@ def explain(
             "rule_lr": v.value,
             "rule_lr_q5": v.lo,
             "rule_lr_q95": v.hi,
-            "warnings": "; ".join(v.warnings),
+            "warnings": "; ".join(warn),
         }
         if batch_rule is not None:
             b = batch_rule.at(N, D, B)
@@ -407,23 +460,23 @@ def explain(
 
 
 # The kit's own LR study, `jaxscale sweep run experiments/lr.py --setting tiny` then
-# `PowerLaw.from_lr_study("results/lr-tiny")` (measured 2026-11-30): the bracketed optima
-# 0.0347 at N=3,120 and 0.0098/0.0107 at N=24,736 (B = 512/1024 tokens), 150 steps, D = 76,800
-# tokens, context 64, cosine to 10%. Three optima for three parameters: the interval comes from
-# the vertex SEs alone. Outside N 3k-25k, D = 76,800 and B 512-1024 its values carry warnings.
+# `PowerLaw.from_lr_study("results/lr-tiny-v2")` (measured 2026-11-30, after the schedule was
+# no longer applied twice): the bracketed optima 0.0416 at N=3,120, 0.0055/0.0085 at N=24,736
+# (B = 512/1024 tokens) and 0.0033 at N=98,624, 150 steps, D = 76,800 tokens, context 64,
+# cosine to 10%. Outside N 3k-99k, D = 76,800 and B 512-1024 its values carry warnings.
 LR_STUDY_TINY = PowerLaw(
-    coef=2.22197,
-    exp_N=-0.609316,
-    exp_B=0.119043,
+    coef=4.93898,
+    exp_N=-0.667026,
+    exp_B=0.0553274,
     interval=LogCov(
         (
-            (0.760378, 0.0981638, 0.0, -0.398107),
-            (0.0981638, 0.0336226, 0.0, -0.0816793),
+            (4.60981, -0.388079, 0.0, -0.9857),
+            (-0.388079, 0.0383522, 0.0, 0.0729448),
             (0.0, 0.0, 0.0, 0.0),
-            (-0.398107, -0.0816793, 0.0, 0.252284),
+            (-0.9857, 0.0729448, 0.0, 0.228636),
         )
     ),
-    domain=Domain(N=(3120.0, 24736.0), D=(76800.0, 76800.0), B=(512.0, 1024.0)),
+    domain=Domain(N=(3120.0, 98624.0), D=(76800.0, 76800.0), B=(512.0, 1024.0)),
     source="experiments/lr.py tiny",
 )
 

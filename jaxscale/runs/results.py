@@ -51,9 +51,11 @@ def _load_config(run: RunDir) -> RunConfig | None:
 def load(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(runs_df, curves_df) for a results directory (or a single run directory).
 
-    runs_df: run_id, name, status, config columns flattened (model.d_model, train.lr, ...),
+    runs_df: run_id, name, status ('trunk' for a finished trunk of runs.branches: no point of a
+    scaling law), config columns flattened (model.d_model, train.lr, ...),
     n_params, n_params_nonembedding, n_params_embedding, tokens, steps, loss (final eval loss),
-    train_loss, flops_<convention> for every flops.CONVENTIONS, and summary extras.
+    train_loss, adamw_tau (B/(ηλD), inf without decay; RunConfig.adamw_timescale),
+    flops_<convention> for every flops.CONVENTIONS, and summary extras.
     curves_df: run_id, step, tokens, loss (train), eval_loss (NaN off eval steps), lr, and
     flops_<convention> = flops_per_token × tokens seen so far.
     """
@@ -103,6 +105,10 @@ def load(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
         evals = curve["eval_loss"].dropna() if len(curve) else pd.Series(dtype=float)
         lock = run.lock_info()
         status = summary.get("status") or ("running" if lock else "incomplete")
+        if status == "done" and cfg.train.branch_points:
+            # A constant-LR trunk (runs.branches) is no point of a scaling law: its branches
+            # are. Its own status keeps it out of every analysis that reads finished runs.
+            status = "trunk"
         tokens = _num(summary.get("tokens"))
         if math.isnan(tokens) and last is not None:
             tokens = float(last["tokens"])
@@ -128,6 +134,8 @@ def load(path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
             "planned_tokens": cfg.total_tokens,
             "loss": loss,
             "train_loss": train_loss,
+            # From the config, so runs trained before summaries recorded τ still have it.
+            "adamw_tau": cfg.adamw_timescale,
         }
         for c, f in fpt.items():
             row[f"flops_{c}"] = f * tokens if not math.isnan(tokens) else math.nan

@@ -10,6 +10,7 @@ Layout of ``<results>/<run_id>/`` (or any directory given to ``jaxscale train``)
     error.txt          the traceback of a failed run
     checkpoints/       orbax checkpoints (core.checkpoint)
     corrupt_checkpoints/   checkpoints proven unreadable, kept for inspection
+    tensorboard/       TensorBoard event files mirroring metrics.jsonl (core.tracking)
     .lock              the live worker's claim (store.RunLock)
 
 Nothing else in jaxscale names these files; the training loop writes through this class.
@@ -40,6 +41,7 @@ EVAL = "eval.json"
 ERROR = "error.txt"
 CHECKPOINTS = "checkpoints"
 QUARANTINE = "corrupt_checkpoints"
+TENSORBOARD = "tensorboard"
 TERMINAL = ("done", "diverged", "failed")
 
 
@@ -68,6 +70,10 @@ class RunDir:
     def of(cls, results: str | os.PathLike, cfg: RunConfig) -> RunDir:
         """<results>/<run_id> of cfg."""
         return cls(store.as_path(results) / cfg.run_id())
+
+    def trunk(self, run_id: str) -> RunDir:
+        """The directory of trunk run `run_id`: a sibling in the same results directory."""
+        return RunDir(self.path.parent / run_id)
 
     @property
     def name(self) -> str:
@@ -278,6 +284,11 @@ class RunDir:
     @property
     def quarantine_dir(self) -> Path:
         return Path(self.path / QUARANTINE).absolute()
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        """TensorBoard event files (core.tracking): a mirror of metrics.jsonl for viewing."""
+        return Path(self.path / TENSORBOARD)
 
     def has_checkpoints(self) -> bool:
         d = self.path / CHECKPOINTS

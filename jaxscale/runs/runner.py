@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from jaxscale.config import ConfigError, DataConfig, RunConfig
 from jaxscale.core import cache, data, flops, train
-from jaxscale.runs import store
+from jaxscale.runs import branches, store
 from jaxscale.runs.grids import DEFAULT_CONVENTION, dedupe, planned_flops, tagged_budget
 from jaxscale.runs.rundir import TERMINAL, RunDir, RunMismatch, foreign_run_dirs
 
@@ -38,10 +38,11 @@ MAX_GROUP = 8
 def plan(runs: Sequence[RunConfig], max_group: int = MAX_GROUP) -> list[list[RunConfig]]:
     """Groups of runs to train together, in study order: runs identical but for train.seed and
     train.lr (LR grids, seed replicates; train.compatible) share one vmapped step
-    (train.train_group), up to max_group per group; everything else is a group of one."""
+    (train.train_group), up to max_group per group; everything else is a group of one. Cooldown
+    branches come after every other run, so their trunks train first (runs.branches)."""
     order: list[list[RunConfig]] = []
     newest: list[list[RunConfig]] = []  # the latest group of each compatible family
-    for r in dedupe(runs):
+    for r in branches.order(dedupe(runs)):
         i = next((i for i, g in enumerate(newest) if train.compatible(g[0], r)), None)
         if i is None:
             newest.append([])
@@ -61,21 +62,27 @@ def task_slice(
     convention: str = DEFAULT_CONVENTION,
 ) -> list[list[RunConfig]]:
     """Task `task_index`'s share: groups dealt largest-first to the least-loaded task (LPT),
-    a deterministic function of the study so every array task or pod host agrees."""
+    a deterministic function of the study so every array task or pod host agrees. A group of
+    branches goes to the task of its first branch's trunk, which trains that trunk first."""
     if not (isinstance(num_tasks, int) and num_tasks >= 1):
         raise ConfigError(f"--num-tasks must be >= 1, got {num_tasks!r}")
     if not (isinstance(task_index, int) and 0 <= task_index < num_tasks):
         raise ConfigError(f"--task-index must be in [0, {num_tasks - 1}], got {task_index!r}")
     if num_tasks == 1:
         return list(groups)
-    cost = [sum(planned_flops(r, convention) for r in g) for g in groups]
+    cost = [sum(branches.own_flops(r, convention) for r in g) for g in groups]
     order = sorted(range(len(groups)), key=lambda i: (-cost[i], groups[i][0].run_id()))
+    # Trunks are dealt first: their branches then follow them.
+    order.sort(key=lambda i: branches.is_branch(groups[i][0]))
     load = [0.0] * num_tasks
-    owner = {}
+    owner: dict[int, int] = {}
+    task_of: dict[str, int] = {}
     for i in order:
-        t = min(range(num_tasks), key=lambda k: (load[k], k))
+        trunk = groups[i][0].train.branch_of
+        t = task_of.get(trunk, min(range(num_tasks), key=lambda k: (load[k], k)))
         owner[i] = t
         load[t] += cost[i]
+        task_of.update((r.run_id(), t) for r in groups[i])
     return [g for i, g in enumerate(groups) if owner[i] == task_index]
 
 
@@ -146,8 +153,9 @@ class SweepReport:
     trained: list[str] = field(default_factory=list)
     taken_over: list[str] = field(default_factory=list)  # lock lost while training them
     foreign: int = 0  # run dirs in the results directory that are not this study's
-    flops_spent: float = 0.0
+    flops_spent: float = 0.0  # this share's own training FLOPs (a branch: its cooldown)
     flops_planned: float = 0.0
+    flops_grid: float = 0.0  # the same (N, D) points trained as independent runs
 
     @property
     def exit_code(self) -> int:
@@ -158,6 +166,16 @@ class SweepReport:
         if self.running_elsewhere:
             return 4
         return 1 if self.failed else 0
+
+    def flops_line(self, convention: str) -> str:
+        """C spent of planned and, for a study with branches, the same points trained alone."""
+        line = f"C spent {self.flops_spent:.3e} of {self.flops_planned:.3e} ({convention})"
+        if self.flops_grid and not math.isclose(self.flops_grid, self.flops_planned):
+            line += (
+                f"; as independent runs the same (N, D) points cost {self.flops_grid:.3e} "
+                f"(this plan: {self.flops_planned / self.flops_grid:.0%})"
+            )
+        return line
 
     @property
     def reason(self) -> str:
@@ -219,13 +237,27 @@ def _failed_summary(cfg: RunConfig, err: BaseException) -> dict:
 
 
 def _spent(summary: dict | None, cfg: RunConfig, convention: str) -> float:
-    f = (summary or {}).get("flops")
-    if isinstance(f, dict) and isinstance(f.get(convention), (int, float)):
-        return float(f[convention])
+    # A branch spent only its cooldown ("flops_own"); "flops" is its equivalent run's C.
+    for key in ("flops_own", "flops"):
+        f = (summary or {}).get(key)
+        if isinstance(f, dict) and isinstance(f.get(convention), (int, float)):
+            return float(f[convention])
     tokens = (summary or {}).get("tokens")
     if isinstance(tokens, (int, float)):
-        return float(flops.flops_per_token(cfg.model, convention)) * tokens
+        tokens -= cfg.train.branch_step * cfg.tokens_per_step
+        return float(flops.flops_per_token(cfg.model, convention)) * max(tokens, 0)
     return 0.0
+
+
+def _trunk_waits(results: Path, cfg: RunConfig) -> str | None:
+    """Why a branch cannot start yet (its trunk has not finished), or None if it can."""
+    if not branches.is_branch(cfg):
+        return None
+    status = RunDir(results / cfg.train.branch_of).status
+    # A failed or diverged trunk may still hold the branch point: the branch says if not.
+    if status in TERMINAL:
+        return None
+    return f"its trunk {cfg.train.branch_of} is {status or 'not finished'}"
 
 
 def run_sweep(
@@ -274,10 +306,14 @@ def run_sweep(
         )
         if group and not multihost:
             group_fn = trainer.group
+    branches.check(runs, results)
     groups = task_slice(plan(runs), task_index, num_tasks, convention)
     mine = [r for g in groups for r in g]
     rep = SweepReport(total=len(mine))
-    rep.flops_planned = sum(planned_flops(r, convention) for r in mine)
+    saving = branches.savings(mine, convention)
+    rep.flops_planned, rep.flops_grid = saving.spent, saving.grid
+    if saving.trunks or saving.branches:
+        log(saving.line(convention))
     ids = study_run_ids(runs)
     other = foreign_run_dirs(results, ids)
     rep.foreign = len(other)
@@ -287,10 +323,12 @@ def run_sweep(
 
     bar = tqdm(total=len(mine), desc="sweep", unit="run", disable=not progress, file=sys.stderr)
 
+    grid = f" grid={rep.flops_grid:.2e}" if saving.trunks else ""
+
     def refresh(running: int) -> None:
         bar.set_postfix_str(
             f"done={rep.done} running={running} failed={rep.failed} diverged={rep.diverged} "
-            f"C={rep.flops_spent:.2e}/{rep.flops_planned:.2e}"
+            f"C={rep.flops_spent:.2e}/{rep.flops_planned:.2e}{grid}"
         )
 
     def account(cfg: RunConfig, summary: dict | None) -> None:
@@ -309,6 +347,9 @@ def run_sweep(
                 if st["state"] in terminal:
                     account(cfg, st["summary"])
                     refresh(len(elsewhere))
+                elif why := _trunk_waits(results, cfg):
+                    log(f"run {cfg.run_id()} ({cfg.name}) waits: {why}; rerun once it is")
+                    elsewhere.append(cfg)
                 else:
                     pending.append(cfg)
             if not pending:
