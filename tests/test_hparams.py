@@ -209,7 +209,7 @@ def test_lr_grid_is_centred_on_the_rule_and_stays_one_vmapped_group():
     for r in runs:
         centre = LR_STUDY_TINY(r.model.n_params_nonembedding, r.total_tokens, r.tokens_per_step)
         assert min(abs(r.train.lr / centre - f) for f in factors) < 1e-9
-        assert r.train.lr_rule.startswith("grid ×[0.5, 1, 2] around 2.22")
+        assert r.train.lr_rule.startswith("grid ×[0.5, 1, 2] around 4.94")
     small = [r for r in runs if r.model.d_model == 16]
     assert all(train.compatible(small[0], r) for r in small)
     # Without a rule, lrs are absolute LRs (the old signature).
@@ -219,9 +219,13 @@ def test_lr_grid_is_centred_on_the_rule_and_stays_one_vmapped_group():
 
 def test_explain_tabulates_values_intervals_and_warnings():
     base = BASE.replace(**{"train.batch_size": 8})  # 512 tokens/step, as the LR study
-    runs = grids.nd_grid_runs(base, [(16, 1), (64, 2)], [76800], head_dim=16, lr_rule=LR_STUDY_TINY)
+    runs = grids.nd_grid_runs(
+        base, [(16, 1), (128, 2)], [76800], head_dim=16, lr_rule=LR_STUDY_TINY
+    )
     t = explain(runs, LR_STUDY_TINY, StepLaw().batch)
+    n_big = runs[1].model.n_params_nonembedding
+    assert n_big > 1.25 * LR_STUDY_TINY.domain.N[1]  # beyond the largest size measured
     assert list(t["lr"]) == pytest.approx(list(t["rule_lr"]))
     assert (t["rule_lr_q5"] < t["lr"]).all() and (t["lr"] < t["rule_lr_q95"]).all()
-    assert t["warnings"].iloc[0] == "" and "N=9.86e+04" in t["warnings"].iloc[1]
+    assert t["warnings"].iloc[0] == "" and f"N={n_big:.2e}" in t["warnings"].iloc[1]
     assert t["batch_warnings"].str.contains("below the measured").all()

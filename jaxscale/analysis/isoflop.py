@@ -300,7 +300,7 @@ class Exponent:
         if math.isnan(self.lo) or math.isnan(self.hi):
             return (
                 f"{self.value:.3f} (no interval: the window fits leave no residual degrees of "
-                "freedom to estimate the noise; train more sizes per budget or pass noise_sd)"
+                "freedom to estimate the noise; train more sizes per budget or give the noise SD: --noise-sd, or noise_sd= in Python)"
             )
         if not self.has_interval:
             return (

@@ -301,6 +301,11 @@ def load_fit_data(
     if "status" in runs:
         # Only finished runs are points on a scaling law; diverged, failed, preempted and
         # incomplete runs are left out, loudly.
+        trunk = runs["status"] == "trunk"
+        if trunk.any():
+            # A WSD trunk's constant-LR loss is no point of a law; its branches are.
+            print(f"note: {int(trunk.sum())} WSD trunk(s) left out: their branches are the points")
+        runs = runs[~trunk]
         bad = runs["status"] != "done"
         if bad.any():
             kinds = ", ".join(f"{n} {k}" for k, n in runs.loc[bad, "status"].value_counts().items())
