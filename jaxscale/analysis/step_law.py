@@ -316,25 +316,34 @@ def _fit(
     return LawFit(key, res, ref)
 
 
-def analyse(results: str | Path | tuple[pd.DataFrame, pd.DataFrame], **kw: Any) -> StepLawStudy:
-    """Step Law study of a results directory or (runs_df, curves_df): final eval loss per run
-    against train.lr, tokens per step and (N, D)."""
+def run_points(
+    results: str | Path | tuple[pd.DataFrame, pd.DataFrame], extra: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """Finished and diverged runs as points (N, D, B tokens, lr, loss = inf if diverged, run_id),
+    plus `extra` {column: runs-table column}."""
     runs, _ = results if isinstance(results, tuple) else results_lib.load(results)
-    if not len(runs) or "train.lr" not in runs:
-        raise ValueError(f"no runs with a train.lr under {results}")
+    need = ["train.lr", *(extra or {}).values()]
+    if not len(runs) or any(c not in runs for c in need):
+        raise ValueError(f"no runs with {' and '.join(need)} under {results}")
     runs = runs[runs["status"].isin(["done", "diverged"])]
-    loss = runs["loss"].astype(float).where(runs["status"] != "diverged", np.inf)
     pts = pd.DataFrame(
         {
             "N": runs["n_params_nonembedding"].astype(int),
             "D": runs["planned_tokens"].astype(float),
             "B": (runs["train.batch_size"] * runs["model.context_length"]).astype(int),
             "lr": runs["train.lr"].astype(float),
-            "loss": loss,
+            **{k: runs[c].astype(float) for k, c in (extra or {}).items()},
+            "loss": runs["loss"].astype(float).where(runs["status"] != "diverged", np.inf),
             "run_id": runs["run_id"],
         }
     )
-    return analyse_points(pts, **kw)
+    return pts
+
+
+def analyse(results: str | Path | tuple[pd.DataFrame, pd.DataFrame], **kw: Any) -> StepLawStudy:
+    """Step Law study of a results directory or (runs_df, curves_df): final eval loss per run
+    against train.lr, tokens per step and (N, D)."""
+    return analyse_points(run_points(results), **kw)
 
 
 # --- planted landscapes (tests, notebooks) ----------------------------------------------------

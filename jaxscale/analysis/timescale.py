@@ -26,8 +26,7 @@ import numpy as np
 import pandas as pd
 
 from jaxscale.analysis import fit as F
-from jaxscale.analysis import lr_sensitivity, plotting
-from jaxscale.runs import results as results_lib
+from jaxscale.analysis import lr_sensitivity, plotting, step_law
 from jaxscale.runs import store
 
 LEVEL = 0.9  # the kit's interval convention
@@ -311,22 +310,7 @@ def _fit(
 def analyse(results: str | Path | tuple[pd.DataFrame, pd.DataFrame], **kw: Any) -> TimescaleStudy:
     """Timescale study of a results directory or (runs_df, curves_df): final eval loss per run
     against train.weight_decay, train.lr, tokens per step and (N, D)."""
-    runs, _ = results if isinstance(results, tuple) else results_lib.load(results)
-    if not len(runs) or "train.weight_decay" not in runs:
-        raise ValueError(f"no runs with a train.weight_decay under {results}")
-    runs = runs[runs["status"].isin(["done", "diverged"])]
-    loss = runs["loss"].astype(float).where(runs["status"] != "diverged", np.inf)
-    pts = pd.DataFrame(
-        {
-            "N": runs["n_params_nonembedding"].astype(int),
-            "D": runs["planned_tokens"].astype(float),
-            "B": (runs["train.batch_size"] * runs["model.context_length"]).astype(int),
-            "lr": runs["train.lr"].astype(float),
-            "wd": runs["train.weight_decay"].astype(float),
-            "loss": loss,
-            "run_id": runs["run_id"],
-        }
-    )
+    pts = step_law.run_points(results, extra={"wd": "train.weight_decay"})
     return analyse_points(pts, **kw)
 
 

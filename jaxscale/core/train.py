@@ -763,7 +763,11 @@ def _restore_or_init(
                     # lr column) covers its whole schedule; `trunk` marks them as copied.
                     rows = f.trunk(c.train.branch_of).read_metrics()
                     f.append_metrics(
-                        [{**r, "trunk": c.train.branch_of} for r in rows if r.get("step", math.inf) <= start]
+                        [
+                            {**r, "trunk": c.train.branch_of}
+                            for r in rows
+                            if r.get("step", math.inf) <= start
+                        ]
                     )
         run = _Run(k, c, f, start, mngr, writer)
         run.load_host_state(host)
