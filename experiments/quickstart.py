@@ -55,13 +55,9 @@ TINY_BUDGETS = {
 LR_RULE: Rule = LR_BYTE_SMALL
 
 
-def runs(
-    setting: str = "default", *, lr_rule: Rule | None = None, batch_rule: Rule | None = None
-) -> list[RunConfig]:
-    """The study's runs for `setting` ('default' or 'tiny'); LR_RULE sets each run's peak LR
-    unless lr_rule is given, and batch_rule (default none: 4 sequences) its batch."""
-    tiny = setting == "tiny"
-    base = RunConfig(
+def base(tiny: bool) -> RunConfig:
+    """The config every run starts from (also experiments/quickstart_branched.py's)."""
+    return RunConfig(
         model=ModelConfig(context_length=64 if tiny else 128, vocab_size=257),
         data=DataConfig(corpus="stdlib", tokenizer="byte", max_bytes=8_000_000),
         train=TrainConfig(
@@ -73,9 +69,17 @@ def runs(
         ),
         name=NAME,
     )
+
+
+def runs(
+    setting: str = "default", *, lr_rule: Rule | None = None, batch_rule: Rule | None = None
+) -> list[RunConfig]:
+    """The study's runs for `setting` ('default' or 'tiny'); LR_RULE sets each run's peak LR
+    unless lr_rule is given, and batch_rule (default none: 4 sequences) its batch."""
+    tiny = setting == "tiny"
     budgets = TINY_BUDGETS if tiny else BUDGETS
     return isoflop_runs(
-        base,
+        base(tiny),
         list(budgets),
         budgets,
         convention=CONVENTION,

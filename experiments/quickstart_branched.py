@@ -27,15 +27,32 @@ applied once (1/4 held-out points inside their bands): not yet fixed.
 
 from __future__ import annotations
 
-from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+import importlib.util
+from pathlib import Path
+
+from jaxscale.config import RunConfig
 from jaxscale.runs.branches import COOLDOWN, SHAPE, branched, independent
 from jaxscale.runs.grids import isoflop_runs
-from jaxscale.runs.hparams import LR_BYTE_SMALL, Rule
+from jaxscale.runs.hparams import Rule
+
+
+def _quickstart():
+    """experiments/quickstart.py, whose base config, tiny budgets, convention and LR rule this
+    study shares (a study file is loaded by path, not imported as a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "jaxscale_study_quickstart_base", Path(__file__).with_name("quickstart.py")
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+QS = _quickstart()
 
 NAME = "quickstart_branched"
 DESCRIPTION = "isoFLOP profiles from one trunk per size and cooldown branches per budget"
 SETTINGS = ("default", "tiny", "independent", "tiny-independent")
-CONVENTION = "kaplan_attn"
+CONVENTION = QS.CONVENTION
 
 # Each profile centred on where its optimum is expected (experiments/quickstart.py measured
 # N_opt ≈ 1e3 at 1e10 and 3e3–6e3 at 3e10–1e11 with these LRs); sizes repeat across budgets so
@@ -45,12 +62,8 @@ BUDGETS = {
     3e10: [(12, 1), (16, 1), (16, 2), (32, 1)],
     1e11: [(16, 1), (16, 2), (32, 1), (32, 2)],
 }
-TINY_BUDGETS = {
-    5e8: [(16, 1), (32, 1), (32, 2)],
-    1e9: [(16, 1), (32, 1), (32, 2)],
-    3e9: [(16, 1), (32, 1), (32, 2)],
-}
-LR_RULE: Rule = LR_BYTE_SMALL
+TINY_BUDGETS = QS.TINY_BUDGETS
+LR_RULE: Rule = QS.LR_RULE
 
 
 def runs(
@@ -63,21 +76,9 @@ def runs(
     """Trunks then branches for `setting`; '*independent' settings give the branches' own
     wsd runs trained from scratch instead."""
     tiny = setting.startswith("tiny")
-    base = RunConfig(
-        model=ModelConfig(context_length=64 if tiny else 128, vocab_size=257),
-        data=DataConfig(corpus="stdlib", tokenizer="byte", max_bytes=8_000_000),
-        train=TrainConfig(
-            batch_size=4,
-            warmup_steps=10,
-            eval_batches=4 if tiny else 8,
-            checkpoint_every=100 if tiny else 200,
-            keep_checkpoints=1,
-        ),
-        name="quickstart",
-    )
     budgets = TINY_BUDGETS if tiny else BUDGETS
     plain = isoflop_runs(
-        base,
+        QS.base(tiny),
         list(budgets),
         budgets,
         convention=CONVENTION,
