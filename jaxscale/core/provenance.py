@@ -6,13 +6,19 @@ import importlib.metadata
 import platform
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import jax
 
 from jaxscale.core.data import Corpus
+
+# What a config means to the training loop. Bump it when the same config trains differently, so
+# a resume or an analysis never mixes the two (runs/rundir.py, runs/selection.py). History:
+# 1 (unrecorded): before 2026-11-30 15:41 UTC (commit b38e776) the LR schedule was applied twice
+#   (η·s(t)²) and the stacked per-layer norm gains were weight-decayed;
+# 2: the schedule applied once, gains and biases never decayed.
+TRAINING_SEMANTICS = 2
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpyro", "numpy", "jaxscale")
 
@@ -69,6 +75,7 @@ def environment() -> dict[str, Any]:
     """Versions, code version, host and devices of this process."""
     devs = jax.devices()
     return {
+        "training_semantics": TRAINING_SEMANTICS,
         "versions": versions(),
         "git": git_state(),
         "host": socket.gethostname(),
@@ -79,11 +86,9 @@ def environment() -> dict[str, Any]:
     }
 
 
-def manifest(run_id: str, corpus: Corpus) -> dict[str, Any]:
-    """The provenance record of one training session of run `run_id`."""
-    return {
-        "run_id": run_id,
-        "data": data_identity(corpus),
-        "environment": environment(),
-        "time": time.time(),
-    }
+def semantics_of(sessions: list[dict]) -> int | None:
+    """The training semantics the last recorded session trained with (None: unrecorded)."""
+    if not sessions:
+        return None
+    got = (sessions[-1].get("environment") or {}).get("training_semantics")
+    return got if isinstance(got, int) else None

@@ -57,6 +57,11 @@ class RunMismatch(ConfigError):
         )
 
 
+def semantics_label(semantics: int | None) -> str:
+    """How a run's training semantics reads in messages (core.provenance.TRAINING_SEMANTICS)."""
+    return str(semantics) if semantics is not None else "unrecorded (trained before 2026-11-30)"
+
+
 @dataclass(frozen=True)
 class RunDir:
     """One run's directory; every file access of a run goes through here."""
@@ -157,6 +162,12 @@ class RunDir:
                 for k in sorted(set(seen) | set(data))
                 if k != "fingerprint" and seen.get(k) != data.get(k)
             ]
+        was = provenance.semantics_of(sessions)
+        if sessions and was != provenance.TRAINING_SEMANTICS:
+            diffs.append(
+                f"training semantics {semantics_label(was)} → {provenance.TRAINING_SEMANTICS}: "
+                "this code trains the same config differently, so the run cannot be continued"
+            )
         if diffs:
             raise RunMismatch(self.path, diffs)
         if sessions or self.has_checkpoints() or self.has_metrics():

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from jaxscale.config import RunConfig
+from jaxscale.config import ConfigError, RunConfig
+from jaxscale.core import provenance
 from jaxscale.runs import store
+from jaxscale.runs.rundir import RunDir, RunMismatch, semantics_label
 from jaxscale.runs.study import Study, load_study
 
 RECORD = "study.json"
@@ -96,6 +98,7 @@ def select(
         raise ValueError("--study and --all-runs exclude each other")
     present = set(run_ids_present)
     if all_runs:
+        check_semantics(results, present)
         return Selection(
             None, f"using all {len(present)} runs in {results} (--all-runs){_differing(runs_df)}"
         )
@@ -105,6 +108,7 @@ def select(
     else:
         rec = read_record(results)
         if rec is None:
+            check_semantics(results, present)
             return Selection(
                 None,
                 f"no study recorded in {results}: using all {len(present)} runs there"
@@ -113,9 +117,33 @@ def select(
         ids = set(rec["run_ids"])
         where = f"study {rec.get('study', '?')} [{rec.get('setting', '?')}] (recorded in {RECORD})"
     used, other, missing = ids & present, present - ids, ids - present
+    check_semantics(results, used)
     note = f"using the {len(used)} runs of {where}"
     if other:
         note += f"; {results} holds {len(other)} other run(s), left out (--all-runs includes them)"
     if missing:
         note += f"; {len(missing)} of the study's {len(ids)} runs are not in {results} yet"
     return Selection(frozenset(ids), note)
+
+
+def check_semantics(results: str | os.PathLike, run_ids: set[str]) -> None:
+    """ConfigError if the runs were trained under different training semantics
+    (core.provenance.TRAINING_SEMANTICS): their run IDs match, their training does not."""
+    by: dict[int | None, list[str]] = {}
+    for rid in sorted(run_ids):
+        try:
+            sessions = RunDir(store.as_path(results) / rid).sessions()
+        except RunMismatch:
+            continue  # an unreadable manifest: results.load warns about the run itself
+        if sessions:
+            by.setdefault(provenance.semantics_of(sessions), []).append(rid)
+    if len(by) > 1:
+        parts = "; ".join(
+            f"{semantics_label(k)}: {len(v)} runs, e.g. {v[0]}"
+            for k, v in sorted(by.items(), key=lambda kv: kv[0] or 0)
+        )
+        raise ConfigError(
+            f"{results} mixes runs trained under different training semantics ({parts}); "
+            "the same config trained differently before (core/provenance.py), so they can't be "
+            "analysed together: retrain the study into a fresh results directory"
+        )
