@@ -17,14 +17,31 @@ from jaxscale.runs.rundir import RunDir, RunMismatch
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import _cfg  # noqa: E402
 
+# The commit before the schedule fix (b38e776): code that applied the LR schedule twice.
+BEFORE_FIX = "00ce98dc500cdfc46f9e0b71b336c4a8444283fc"
 
-def _make_legacy(run: RunDir) -> None:
-    """Strip the recorded semantics, as a session from before the field existed wrote it."""
+
+def _make_legacy(run: RunDir, commit: str = BEFORE_FIX) -> None:
+    """Rewrite the manifest as a session from before the field existed wrote it, at `commit`."""
     path = run.path / "manifest.json"
     m = json.loads(path.read_text())
     for s in m["sessions"]:
-        s["environment"].pop("training_semantics")
+        s["environment"].pop("training_semantics", None)
+        s["environment"]["git"] = {"commit": commit, "dirty": True}
     path.write_text(json.dumps(m))
+
+
+def test_unrecorded_sessions_are_dated_by_their_commit(tmp_path):
+    head = provenance.git_state()
+    if head is None:
+        pytest.skip("not a git checkout: unrecorded sessions stay unrecorded")
+    cfg = _cfg(steps=6)
+    run = RunDir(tmp_path / "r")
+    train.train(cfg, run, progress=False)
+    _make_legacy(run, commit=head["commit"])  # a checkout after the fix, before the record
+    assert provenance.semantics_of(run.sessions()) == 2
+    _make_legacy(run)
+    assert provenance.semantics_of(run.sessions()) is None
 
 
 def test_resume_of_a_run_with_other_semantics_is_refused(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 import socket
@@ -19,6 +20,10 @@ from jaxscale.core.data import Corpus
 #   (η·s(t)²) and the stacked per-layer norm gains were weight-decayed;
 # 2: the schedule applied once, gains and biases never decayed.
 TRAINING_SEMANTICS = 2
+# The commit that made semantics 2, for sessions recorded before the field existed: a checkout
+# descending from it trained under 2 (asked of git where the checkout is at hand; uncommitted
+# edits on top are taken not to undo the fix).
+_SEMANTICS_2_COMMIT = "b38e776c9928e15e64af04401f86685b4e758761"
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpyro", "numpy", "jaxscale")
 
@@ -87,8 +92,30 @@ def environment() -> dict[str, Any]:
 
 
 def semantics_of(sessions: list[dict]) -> int | None:
-    """The training semantics the last recorded session trained with (None: unrecorded)."""
+    """The training semantics the last session trained with; for a session that predates the
+    record, 2 if its git commit descends from the fix (local edits aside), else None."""
     if not sessions:
         return None
-    got = (sessions[-1].get("environment") or {}).get("training_semantics")
-    return got if isinstance(got, int) else None
+    env = sessions[-1].get("environment") or {}
+    got = env.get("training_semantics")
+    if isinstance(got, int):
+        return got
+    git = env.get("git") or {}
+    commit = git.get("commit")
+    if isinstance(commit, str) and _descends_from_fix(commit):
+        return 2
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _descends_from_fix(commit: str) -> bool:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "merge-base", "--is-ancestor", _SEMANTICS_2_COMMIT, commit],
+            capture_output=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0
