@@ -1,7 +1,7 @@
 """Weight decay as an axis: the optimal AdamW timescale τ = B/(ηλD) vs tokens per parameter.
 
-    jaxscale sweep run experiments/wd.py --setting tiny --results results/wd-tiny
-    jaxscale timescale results/wd-tiny     # τ_opt per (N, D), τ_opt = c·(D/N)^k beside Bergsma
+    jaxscale sweep run experiments/wd.py --setting tiny --results results/wd-tiny-v3
+    jaxscale timescale results/wd-tiny-v3     # τ_opt per (N, D), τ_opt = c·(D/N)^k beside Bergsma
 
 Wang & Aitchison 2024 read AdamW's weights as an EMA of recent updates with timescale
 1/(ηλ) steps; as a fraction of the run that is τ = B/(ηλD) (B tokens/step, D tokens, η the
@@ -11,15 +11,21 @@ in τ — λ = B/(η τ D) per run, so the grid stays centred whatever η and D 
 without decay (λ = 0) as the baseline any decay has to beat.
 
 Settings:
-  tiny     3 sizes (3.1k-99k non-embedding) × 2 D (150 and 600 steps of 8×64 tokens: D/N from
-           0.8 to 98) × 5 τ (1/64..4, ×4 apart) + λ = 0; 36 runs, context 64, cosine to 10%.
-           A smoke test of the pipeline: 30 min on 2 CPU cores shared at load 11-22; not a
-           measurement of the law: single short runs, one seed.
+  tiny     1 size (3.1k non-embedding, d=16, 1 layer) × 5 D (75-1200 steps of 8×64 tokens, ×2
+           apart: D/N 12.3 to 197) × 9 τ (1/32..8, ×2 apart) + λ = 0, × 3 seeds; 150 runs,
+           context 64, cosine to 10%. One size, so D/N moves with D alone. Runs differing only
+           in seed share a vmapped step (K = 3); λ is compiled into the optimizer, so each λ is
+           its own group. τ = 1/32 and 1/16 were added after the first 120 runs put the best
+           τ at the grid's smallest (1/8) for D/N 49 and 197. The earlier 3-size × 2-D, 1-seed
+           design (trained before the schedule fix) left τ_opt unbracketed at 4 of 6 cells.
+           55 min on 2 CPU cores shared at load 14-26; results in docs/hyperparameters.md.
   default  3 sizes (0.1M-0.8M non-embedding, context 128, batch 16) × 3 D (1000-16000
            steps) × 7 τ (1/64..1, ×2 apart) + λ = 0. Planned, never run here.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from jaxscale.runs.grids import wd_grid_runs
@@ -45,17 +51,29 @@ def runs(setting: str = "default") -> list[RunConfig]:
         train=TrainConfig(
             batch_size=B,
             warmup_steps=10 if tiny else 50,
-            eval_batches=4 if tiny else 8,
+            eval_batches=8,
             checkpoint_every=1000,
             keep_checkpoints=1,
         ),
         name=NAME,
     )
-    shapes = [(16, 1), (32, 2), (64, 2)] if tiny else [(64, 2), (96, 3), (128, 4)]
-    steps = [150, 600] if tiny else [1000, 4000, 16000]
+    shapes = [(16, 1)] if tiny else [(64, 2), (96, 3), (128, 4)]
+    steps = [75 * 2**i for i in range(5)] if tiny else [1000, 4000, 16000]
     tokens = [s * B * ctx for s in steps]
-    taus = [4.0**k for k in range(-3, 2)] if tiny else [2.0**k for k in range(-6, 1)]
+    taus = [2.0**k for k in range(-5, 4)] if tiny else [2.0**k for k in range(-6, 1)]
     kw = {"evals": 4, "prefix": NAME, "lr_rule": LR_RULE, "head_dim": 16}
-    return wd_grid_runs(base, shapes, tokens, taus=taus, **kw) + wd_grid_runs(
+    cells = wd_grid_runs(base, shapes, tokens, taus=taus, **kw) + wd_grid_runs(
         base, shapes, tokens, wds=[0.0], **kw
     )
+    # Seeds share one vmapped step, so they cost far less than a finer τ grid: at this scale
+    # run-to-run noise is comparable with the loss differences across τ near the optimum.
+    seeds = range(3) if tiny else range(1)
+    return [
+        c
+        if s == 0
+        else dataclasses.replace(
+            c, train=dataclasses.replace(c.train, seed=s), name=f"{c.name}_s{s}"
+        )
+        for c in cells
+        for s in seeds
+    ]

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -171,8 +172,50 @@ def test_cli_fits_compares_and_predicts(tmp_path, capsys):
     assert cli.main(["anneal", str(tmp_path), "--fit-runs", "nope", "--all-runs"]) == 2
 
 
-# 1000 steps at LR 3e-3; eval every 10 steps (a smoother curve than the per-batch train loss)
-REAL_TRAIN = dict(batch_size=16, steps=1000, warmup_steps=10, lr=3e-3, decay_fraction=0.3)
+def _ar1_noise(rng: np.random.Generator, n: int, rho: float, sd: float) -> np.ndarray:
+    """Stationary AR(1) noise: the wiggles a trajectory shares between neighbouring evals."""
+    e = np.empty(n)
+    e[0] = rng.standard_normal()
+    for i in range(1, n):
+        e[i] = rho * e[i - 1] + math.sqrt(1 - rho**2) * rng.standard_normal()
+    return sd * e
+
+
+def test_wsd_fit_covers_cosine_over_seeds_with_autocorrelated_noise():
+    """Stated 90% intervals cover ~90%: a WSD eval curve (law + AR(1) noise, lag-1 0.9 between
+    evals, λ drawn from the grid) predicts the cosine run's final eval loss, over 20 seeds."""
+    tc = TrainConfig(steps=1000, warmup_steps=10, lr=3e-3, min_lr_ratio=0.1, decay_fraction=0.3)
+    lr = {k: an.schedule_lr(dataclasses.replace(tc, schedule=k)) for k in ("wsd", "cosine")}
+    k = np.arange(10, tc.steps + 1, 10)  # eval every 10 steps
+    rng = np.random.default_rng(12345)
+    hits = []
+    for seed in range(20):
+        lam = float(rng.choice(an.LAMBDA_GRID))
+        S = {n: an.areas(v, lam=lam) for n, v in lr.items()}
+        # the wsd cooldown lowers the loss by 0.06 nats whatever λ, as on the tiny real runs
+        law = dict(L0=1.0, A=1.5, alpha=0.22, C=0.06 / S["wsd"][1][-1])
+        curves, truth = [], {}
+        for n, (S1, S2) in S.items():
+            y = np.full(tc.steps, np.nan)
+            y[k - 1] = an.loss_law(S1[k], S2[k], **law) * np.exp(_ar1_noise(rng, k.size, 0.9, 5e-3))
+            curves.append(pd.DataFrame({"run_id": n, "step": np.arange(1, tc.steps + 1)}))
+            curves[-1] = curves[-1].assign(lr=lr[n], loss=np.nan, eval_loss=y)
+            truth[n] = y[-1]
+        runs = pd.DataFrame(
+            [{"run_id": n, "status": "done", "n_params_nonembedding": 8e3} for n in S]
+        )
+        fit = an.fit_runs(
+            runs, pd.concat(curves), ["wsd"], target="eval_loss", method="laplace", seed=seed
+        )
+        pr = an.predict_lr(fit, lr["cosine"], steps=[tc.steps], seed=seed).iloc[0]
+        hits.append(pr["q5"] <= truth["cosine"] <= pr["q95"])
+    # 90% nominal; 16 of 20 or more (P(X >= 16) = 0.96 for X ~ Binomial(20, 0.9))
+    assert sum(hits) >= 16, hits
+
+
+# 500 steps at LR 3e-3, eval every 5 (a smoother curve than the per-batch train loss); the two
+# runs cannot share a grouped step (train.compatible: the schedule is compiled in)
+REAL_TRAIN = dict(batch_size=16, steps=500, warmup_steps=10, lr=3e-3, decay_fraction=0.3)
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +232,7 @@ def tiny_wsd_fit(tmp_path_factory):
             model=ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, context_length=32),
             data=DATA,
             train=TrainConfig(
-                **REAL_TRAIN, schedule=schedule, eval_every=10, checkpoint_every=10**6
+                **REAL_TRAIN, schedule=schedule, eval_every=5, checkpoint_every=10**6
             ),
         )
         assert (
@@ -198,8 +241,9 @@ def tiny_wsd_fit(tmp_path_factory):
         )
     runs, curves = results.load(root)
     ids = dict(zip(runs["name"], runs["run_id"]))
-    draws = dict(chains=4, warmup=1000, draws=1000, quiet=True)  # the CLI's default
-    fit = an.fit_runs(runs, curves, [ids["anneal-wsd"]], target="eval_loss", **draws)
+    # Laplace: NUTS for the 7 lambdas takes minutes here (and fails its diagnostics on this
+    # curve for most of them, while covering too: docs/annealing.md)
+    fit = an.fit_runs(runs, curves, [ids["anneal-wsd"]], target="eval_loss", method="laplace")
     return runs, curves, ids, fit
 
 
@@ -219,24 +263,26 @@ def test_tiny_real_runs_fit_and_flags(tiny_wsd_fit):
     cos = an.run_lr(curves[curves["run_id"] == ids["anneal-cosine"]], "cosine")
     plan = an.schedule_lr(TrainConfig(**REAL_TRAIN, schedule="cosine"))
     np.testing.assert_allclose(cos, plan, rtol=1e-6)
-    assert fit.ok, fit.result.problems
     _, own = _check(fit, runs, curves, ids["anneal-wsd"])
     assert own["coverage_90"] >= 0.8 and own["final_inside"], own
     pr, _ = _check(fit, runs, curves, ids["anneal-cosine"])
     last = pr.iloc[-1]
-    assert last["S2_beyond"] and last["S2_decades_beyond"] > 0.3  # cosine anneals far more
-    assert "transfer to other schedules is untested" in an.prediction_line(fit, last, "cos")
+    # one curve does not fix lambda; the cosine anneals beyond the WSD under some lambda
+    assert len(fit.mixture) > 1 and any("do not fix lambda" in c for c in fit.caveats)
+    assert last["S2_beyond"]
+    line = an.prediction_line(fit, last, "cos")
+    assert "transfer to other schedules is untested" in line and "averaged over lambda" in line
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured (docs/annealing.md): fitted on the tiny WSD run the law predicts the "
-    "cosine run's final eval loss 2-5% too low, outside its 90% interval",
-)
 def test_tiny_real_runs_wsd_predicts_cosine(tiny_wsd_fit):
     """Issue 18 (c): the WSD fit predicts the cosine run's final loss within its interval."""
     runs, curves, ids, fit = tiny_wsd_fit
     _, ck = _check(fit, runs, curves, ids["anneal-cosine"])
+    _, own = _check(fit, runs, curves, ids["anneal-wsd"])
     print(ck)
-    assert ck["final_inside"], ck
+    assert ck["final_inside"] and ck["coverage_90"] >= 0.8, ck
+    # informative: under 10% wide, and nearer the cosine's loss than the WSD run's
+    assert ck["final_q95"] / ck["final_q5"] < 1.1, ck
+    miss = abs(ck["final_q50"] - ck["final_observed"])
+    assert miss < abs(ck["final_q50"] - own["final_observed"]), (ck, own)

@@ -76,3 +76,30 @@ def test_cli_on_a_results_dir(tmp_path, capsys):
     assert "Drift with N" in capsys.readouterr().out
     with pytest.raises(ValueError, match=">= 3"):
         lr.fit_lr_parabola([1e-3, 2e-3], [3.0, 2.9])
+
+
+def test_vertex_outside_the_fitted_lrs_is_flagged_extrapolated(capsys):
+    """One size's best LR is interior, but its window parabola puts the vertex beyond the LRs
+    it used (a noisy, slowly falling basin): flagged EXTRAPOLATED, printed, out of the drift."""
+    pts = _points(np.random.default_rng(0))
+    y = [3.0761, 3.0448, 3.0262, 3.0327, 2.9944, 2.996, 2.9953, 3.0077]  # best at GRID[4]
+    odd = pd.DataFrame({"N": 3e3, "B": 32, "lr": GRID, "loss": y})
+    st = lr.analyse_points(pd.concat([pts, odd]))
+    f = st.fits[(3000, 32)]
+    assert f.lo < math.log10(GRID[4]) < f.hi and not f.lo <= f.vertex <= f.hi
+    o = st.optima.set_index("N")
+    assert bool(o.loc[3000, "extrapolated"]) and not bool(o.loc[3000, "edge"])
+    assert not o.drop(index=3000)["extrapolated"].any()
+    assert st.drift_N["n_sizes"] == len(NS)  # the planted sizes only
+    assert "EXTRAPOLATED: vertex" in st.describe()
+    assert "EXTRAPOLATED" not in lr.analyse_points(pts).describe()
+
+
+def test_repeated_lrs_window_over_distinct_lrs():
+    """Three seeds per LR: the window counts distinct LRs and the parabola uses every run."""
+    rng = np.random.default_rng(4)
+    x = np.repeat(np.log10(GRID), 3)
+    y = 3 + 0.4 * (x - math.log10(0.02)) ** 2 + rng.normal(0, 0.003, x.size)
+    f = lr.fit_lr_parabola(10**x, y)
+    assert f.dof == 5 * 3 - 3  # 5 distinct LRs (best ± 2) × 3 seeds, minus 3 coefficients
+    assert f.vertex == pytest.approx(math.log10(0.02), abs=4 * f.vertex_se)

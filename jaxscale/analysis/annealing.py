@@ -8,7 +8,8 @@ Tissue et al. 2024 (eq. 1) describe every point of a loss curve, whatever the LR
     S2(s) = Σ_{i≤s} m_i,  m_i = λ · m_{i−1} + (η_{i−1} − η_i)   annealing area (with momentum)
 
 with η_i the absolute learning rate of update i and λ the decay factor of the annealing
-momentum (λ = 0.999 is the paper's default; fit_runs can choose it). The warmup is left
+momentum (λ = 0.999 is the paper's default; fit_runs averages over a grid of λ, since one
+curve rarely fixes it and a schedule of another shape depends on it). The warmup is left
 out as in the paper: curve points during warmup are not fitted, and the momentum starts at 0 at
 the LR peak (so the warmup's rising LR does not count as negative annealing); S1 includes the
 warmup's area.
@@ -25,10 +26,11 @@ so L0(N) = E + B N^-β while A, α and C are shared across sizes.
 
 The points of one curve are not independent draws: consecutive steps share the trajectory.
 The curve is therefore thinned (points spread over log steps, for the power law in S1, over
-steps, and over the annealing area S2, where C is learned), fitted with Student-t noise on log
-loss, and the lag-1 autocorrelation of the residuals along each curve is measured and reported;
-predictions carry the fitter's model-discrepancy term, which grows with the decades S1, S2 and
-N lie beyond the fitted points.
+steps, and over the annealing area S2, where C is learned) and fitted with Student-t noise on
+log loss, its likelihood raised to the power n_eff / n: the share of independent points the
+thinned ones are worth, from the autocorrelation of the residuals along the whole curve.
+Predictions carry the fitter's model-discrepancy term, which grows with the decades S1, S2 and
+N lie beyond the fitted points, and are averaged over λ with its posterior weights.
 """
 
 from __future__ import annotations
@@ -53,9 +55,11 @@ from jaxscale.config import TrainConfig
 from jaxscale.core.train import relative_schedule
 
 LAMBDA = 0.999  # Tissue et al. 2024: decay factor of the annealing momentum (default 0.999)
-# Candidates when λ is chosen by the fit runs: annealing delays 1/(1 − λ) of 10 to 1000 steps.
-LAMBDA_GRID = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
-LAMBDA_LR_MARGIN = 1.92  # χ²₁ 95% quantile / 2: a likelihood-ratio test of one extra parameter
+# λ averaged over when the fit runs do not fix it: annealing delays 1/(1 − λ) of 10, 20, 50, 100,
+# 200, 500 and 1000 steps, a 1-2-5 grid, so a uniform prior on it is about log-uniform in delay.
+LAMBDA_GRID = (0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)
+# Grid values whose posterior weight falls below this are left out (their weight is reported).
+LAMBDA_MIN_WEIGHT = 0.01
 REFERENCE = (
     "Tissue et al. 2024, 'Scaling Law with Learning Rate Annealing', arXiv 2408.11029, eq. 1"
 )
@@ -64,8 +68,6 @@ TARGETS = ("loss", "eval_loss")
 # loss measured *before* update k (k − 1 updates done) and the eval loss *after* it (k done).
 UPDATES_BEHIND = {"loss": 1, "eval_loss": 0}
 POINTS = 36  # curve points kept per run after thinning
-# Residuals this autocorrelated along a curve mean the thinned points still share their errors.
-AUTOCORR_MAX = 0.5
 DECADES_TOL = 1e-4  # beyond the fitted range by less than 0.023%: inside it
 _TINY = 1e-6  # floor of the predicted loss inside the log (the law can cross 0 far from the data)
 
@@ -119,6 +121,7 @@ FORM_SIZES = F.Form(
     description="L = E + B*N^-beta + A*S1^-alpha - C*S2 (S2p1 = 1 + S2)",
     shear={"log_A": ("alpha", "S1"), "log_B": ("beta", "N")},
 )
+
 
 for _f in (FORM, FORM_SIZES):
     if _f.name not in F.list_forms():
@@ -284,24 +287,91 @@ def resolve_runs(runs_df: pd.DataFrame, keys: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _lag1(r: np.ndarray) -> float:
+def _acf(r: np.ndarray) -> np.ndarray:
+    """Autocorrelation of r at lags 1, 2, ... up to the first lag where it is <= 0 (Geyer's 1992
+    initial positive sequence: beyond it the estimates are noise)."""
     r = r - r.mean()
     den = float(np.sum(r * r))
-    return float(np.sum(r[1:] * r[:-1]) / den) if r.size > 2 and den > 0 else float("nan")
+    out: list[float] = []
+    for k in range(1, r.size // 2):
+        v = float(np.sum(r[k:] * r[:-k]) / den) if den > 0 else 0.0
+        if v <= 0:
+            break
+        out.append(v)
+    return np.asarray(out)
+
+
+def _residual_acf(res: F.FitResult, full: pd.DataFrame) -> dict[str, tuple[np.ndarray, float]]:
+    """Per run: the ACF (_acf) of the log-loss residuals from the posterior-median law along
+    its logged curve `full`, and the logging cadence in steps."""
+    full = full.reset_index(drop=True)
+    x = {k: full[k].to_numpy(np.float64) for k in F.get_form(res.form).inputs}
+    mu = np.median(mean_log_loss(res.form, res.samples, x).reshape(-1, len(full)), axis=0)
+    r_P = np.log(full["loss"].to_numpy(np.float64)) - mu
+    out = {}
+    for rid, g in full.groupby("run_id", sort=False):
+        order = np.argsort(g["s"].to_numpy())
+        s_run = g["s"].to_numpy(np.float64)[order]
+        cadence = float(np.median(np.diff(s_run))) if s_run.size > 1 else 1.0
+        out[str(rid)] = (_acf(r_P[g.index.to_numpy()][order]), cadence)
+    return out
+
+
+def _n_eff(points: pd.DataFrame, acf: Mapping[str, tuple[np.ndarray, float]]) -> float:
+    """Independent points the fit points are worth: n² / Σ_ij ρ_ij (the variance of a mean of
+    correlated points; e.g. Bayley & Hammersley 1946), ρ_ij read off each curve's ACF at the
+    steps between points i and j (0 between curves and beyond the ACF's positive lags)."""
+    total = 0.0
+    for rid, g in points.groupby("run_id", sort=False):
+        a, cadence = acf[str(rid)]
+        s = g["s"].to_numpy(np.float64)
+        lag = np.rint(np.abs(s[:, None] - s[None, :]) / cadence).astype(int)
+        total += float(np.r_[1.0, a, 0.0][np.minimum(lag, a.size + 1)].sum())
+    return min(float(len(points)), len(points) ** 2 / total)
+
+
+@dataclass(frozen=True)
+class LambdaFit:
+    """The law's posterior under one λ and that λ's posterior weight (Hoeting et al. 1999)."""
+
+    lam: float
+    weight: float
+    result: F.FitResult
+    points: pd.DataFrame  # the fit points, S1 and S2 under this λ
+
+
+def _param_line(res: F.FitResult) -> str:
+    t = res.table()
+    return ", ".join(
+        f"{k} {t.loc[k, 'median']:.3g} [{t.loc[k, 'q5']:.3g}, {t.loc[k, 'q95']:.3g}]"
+        for k in t.index
+        if not k.startswith("log_") and not k.endswith("_c")
+    )
 
 
 @dataclass(frozen=True)
 class AnnealFit:
-    """The law fitted to curve points: the fitter's FitResult plus the points and conventions."""
+    """The law fitted to curve points: the fitter's FitResult plus the points and conventions.
+
+    result/points/lam are the most probable λ's; members holds every λ predictions average
+    over, with its posterior weight (empty when λ was given: lam alone).
+    """
 
     result: F.FitResult
     points: pd.DataFrame
     target: str
     lam: float
-    autocorr: dict[str, float]  # lag-1 residual autocorrelation along each fitted run
+    autocorr: dict[str, float]  # lag-1 residual autocorrelation along each run (logging cadence)
     caveats: list[str] = field(default_factory=list)
-    # λ -> maximised log likelihood of the fit points, when λ was chosen by the fit runs
+    # λ -> maximised log likelihood of the fit points, when λ was averaged over
     lambda_profile: dict[float, float] = field(default_factory=dict)
+    members: tuple[LambdaFit, ...] = ()
+    n_eff: float = float("nan")  # independent points the fit counts (autocorrelation-adjusted)
+
+    @property
+    def mixture(self) -> tuple[LambdaFit, ...]:
+        """Every λ the predictions average over with its weight (lam alone, weight 1, if given)."""
+        return self.members or (LambdaFit(self.lam, 1.0, self.result, self.points),)
 
     @property
     def joint(self) -> bool:
@@ -309,7 +379,28 @@ class AnnealFit:
 
     @property
     def ok(self) -> bool:
-        return self.result.ok
+        return all(m.result.ok for m in self.mixture)
+
+    @property
+    def problems(self) -> list[str]:
+        """Failed diagnostics of every λ's fit."""
+        many = len(self.mixture) > 1
+        return [
+            f"lambda {m.lam:g}: {p}" if many else p for m in self.mixture for p in m.result.problems
+        ]
+
+    def lambda_note(self) -> str:
+        """How λ entered: given, or averaged over with its posterior weights."""
+        if not self.lambda_profile:
+            return f"lambda = {self.lam:g} (given)"
+        w = ", ".join(f"{m.lam:g}: {m.weight:.2f}" for m in self.mixture)
+        out = sorted(set(self.lambda_profile) - {m.lam for m in self.mixture})
+        left = f"; left out (weight < {LAMBDA_MIN_WEIGHT:g}): {out}" if out else ""
+        return (
+            f"lambda averaged over, posterior weights {w}{left} (uniform prior on "
+            f"{list(LAMBDA_GRID)}; log likelihood at the mode times n_eff / n: equal parameter "
+            "counts, BIC weights)"
+        )
 
     def describe(self) -> str:
         """Parameters with 90% intervals, diagnostics, the data behind them and the caveats."""
@@ -326,42 +417,69 @@ class AnnealFit:
             .itertuples()
         )
         ac = ", ".join(f"{k[:8]} {v:.2f}" for k, v in self.autocorr.items())
-        how = "given"
+        lines = [
+            f"LR-annealing law ({REFERENCE}) fitted to the {self.target!r} column of: {runs}",
+            self.lambda_note(),
+        ]
         if self.lambda_profile:
             prof = ", ".join(f"{k:g}: {v:.1f}" for k, v in self.lambda_profile.items())
-            how = (
-                f"maximised log likelihood per lambda: {prof}; the paper's {LAMBDA:g} is kept "
-                f"unless another beats it by > {LAMBDA_LR_MARGIN}"
-            )
-        lines = [
-            f"LR-annealing law ({REFERENCE}), lambda = {self.lam:g} ({how}), fitted to the "
-            f"{self.target!r} column of: {runs}",
-            self.result.describe(),
-            f"residual lag-1 autocorrelation along each curve: {ac}",
+            lines.append(f"maximised log likelihood per lambda: {prof}")
+        lines += [f"most probable lambda = {self.lam:g}:", self.result.describe()]
+        lines += [
+            f"lambda = {m.lam:g} (weight {m.weight:.2f}): {_param_line(m.result)}"
+            + ("" if m.result.ok else " DIAGNOSTICS FAILED")
+            for m in self.mixture
+            if m.lam != self.lam
+        ]
+        lines += [
+            f"residual lag-1 autocorrelation along each curve (logging cadence): {ac}; "
+            f"the {len(self.points)} fit points count as n_eff = {self.n_eff:.1f}",
             *(f"caveat: {c}" for c in self.caveats),
         ]
         return "\n".join(lines)
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready parameters (median, q5, q95), diagnostics and caveats."""
-        t = self.result.table()
+        """JSON-ready parameters (median, q5, q95) per λ, weights, diagnostics and caveats."""
+
+        def params(res: F.FitResult) -> dict[str, dict[str, float]]:
+            return {
+                k: {"median": float(r["median"]), "q5": float(r["q5"]), "q95": float(r["q95"])}
+                for k, r in res.table().iterrows()
+            }
+
         return {
             "law": REFERENCE,
             "form": self.result.form,
             "lambda": self.lam,
+            "lambda_note": self.lambda_note(),
+            "lambda_weights": {str(m.lam): m.weight for m in self.mixture},
             "target": self.target,
             "intervals": F.INTERVAL,
             "ok": self.ok,
-            "problems": self.result.problems,
+            "problems": self.problems,
             "caveats": [*self.result.caveats, *self.caveats],
             "residual_lag1_autocorr": self.autocorr,
+            "n_points": len(self.points),
+            "n_eff": self.n_eff,
             "lambda_profile_loglik": {str(k): v for k, v in self.lambda_profile.items()},
             "runs": sorted(set(self.points["run_id"])),
-            "params": {
-                k: {"median": float(r["median"]), "q5": float(r["q5"]), "q95": float(r["q95"])}
-                for k, r in t.iterrows()
-            },
+            "params": params(self.result),
+            "params_by_lambda": {str(m.lam): params(m.result) for m in self.mixture},
         }
+
+
+def _fit(points: pd.DataFrame, **kw: Any) -> F.FitResult:
+    fm = FORM_SIZES if points["N"].nunique() > 1 else FORM
+    data = {k: points[k].to_numpy(np.float64) for k in (*fm.inputs, "loss")}
+    with warnings.catch_warnings():
+        # runs sharing a schedule prefix (constant and wsd) repeat (S1, S2) points; merged
+        # points are one point of evidence, as the fitter's caveat says
+        warnings.simplefilter("ignore", F.ReplicatesMergedWarning)
+        return F.fit(data, fm, **kw)
+
+
+def _map(points: pd.DataFrame, seed: int) -> F.FitResult:
+    return _fit(points, method="map", seed=seed, quiet=True)
 
 
 def fit_curves(
@@ -375,47 +493,39 @@ def fit_curves(
     draws: int = 1000,
     seed: int = 0,
     quiet: bool = False,
+    full: pd.DataFrame | None = None,
+    weight: float | None = None,
 ) -> AnnealFit:
-    """Fit the law to curve points (curve_points): one size, or jointly over sizes."""
+    """Fit the law to curve points (curve_points): one size, or jointly over sizes.
+
+    The points of one curve share its wiggles, so they are worth n_eff <= n independent ones:
+    n_eff = n² / Σ_ij ρ_ij (the variance of a mean of correlated points), ρ read off the ACF of
+    the residuals along `full` (every logged post-warmup point of the same runs: curve_points
+    with points=None; default `points`) at a MAP fit. The likelihood is then raised to the
+    power weight = n_eff / n (default; a magnitude-adjusted likelihood, Ribatet et al. 2012),
+    which keeps the posterior's shape and widens it to the evidence of n_eff points.
+    """
     points = points.reset_index(drop=True)
+    full = points if full is None else full.reset_index(drop=True)
     if not (points["S2"] > 0).any():
         raise ValueError(
             "the fit runs never anneal the LR (S2 = 0 at every point), so the annealing term "
             "C cannot be fitted; include a run with a decay (wsd or cosine)"
         )
     joint = points["N"].nunique() > 1
-    fm = FORM_SIZES if joint else FORM
-    data = {k: points[k].to_numpy(np.float64) for k in fm.inputs} | {
-        "loss": points["loss"].to_numpy(np.float64)
-    }
-    with warnings.catch_warnings():
-        # runs sharing a schedule prefix (constant and wsd) repeat (S1, S2) points; merged
-        # points are one point of evidence, as the fitter's caveat says
-        warnings.simplefilter("ignore", F.ReplicatesMergedWarning)
-        res = F.fit(
-            data,
-            fm,
-            method=method,
-            chains=chains,
-            warmup=warmup,
-            draws=draws,
-            seed=seed,
-            quiet=quiet,
-        )
-    mu = np.median(mean_log_loss(fm.name, res.samples, data).reshape(-1, len(points)), axis=0)
-    r = np.log(points["loss"].to_numpy(np.float64)) - mu
-    ac = {}
-    for rid, g in points.groupby("run_id", sort=False):
-        order = np.argsort(g["s"].to_numpy())
-        ac[str(rid)] = _lag1(r[g.index.to_numpy()][order])
+    if weight is None:
+        weight = _n_eff(points, _residual_acf(_map(points, seed), full)) / len(points)
+    kw = dict(method=method, chains=chains, warmup=warmup, draws=draws, seed=seed, quiet=quiet)
+    res = _fit(points, weight=weight, **kw)
+    acf = _residual_acf(res, full)
+    ac = {k: float(a[0]) if a.size else 0.0 for k, (a, _) in acf.items()}
+    n_eff = weight * len(points)
     caveats = []
-    bad = {k: v for k, v in ac.items() if v > AUTOCORR_MAX}
-    if bad:
+    if weight < 0.9:
         caveats.append(
-            f"residuals along {len(bad)} curve(s) are autocorrelated (lag-1 up to "
-            f"{max(bad.values()):.2f} > {AUTOCORR_MAX}): the points share their errors, so the "
-            "parameter intervals are too narrow; quote the predictive intervals (they carry the "
-            "model-discrepancy term) or fit fewer --points"
+            f"residuals are autocorrelated along the curves (lag-1 at the logging cadence: "
+            f"{', '.join(f'{v:.2f}' for v in ac.values())}): the {len(points)} points count as "
+            f"n_eff = {n_eff:.1f} independent ones (likelihood weight {weight:.2f})"
         )
     n_sizes = points["N"].nunique()
     if joint and n_sizes < 4:
@@ -426,20 +536,32 @@ def fit_curves(
         )
     if not joint and points["run_id"].nunique() == 1:
         caveats.append("one curve: the law's transfer to other schedules is assumed, not tested")
-    return AnnealFit(res, points.reset_index(drop=True), target, lam, ac, caveats)
+    return AnnealFit(res, points, target, lam, ac, caveats, n_eff=n_eff)
 
 
-def _max_loglik(points: pd.DataFrame, lam: float, seed: int) -> float:
-    """Log likelihood of the points at the posterior mode of the law with this λ."""
-    fm = FORM_SIZES if points["N"].nunique() > 1 else FORM
-    data = {k: points[k].to_numpy(np.float64) for k in fm.inputs}
-    y = points["loss"].to_numpy(np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", F.ReplicatesMergedWarning)
-        res = F.fit(data | {"loss": y}, fm, method="map", seed=seed, quiet=True)
+def _loglik_at_mode(fit: AnnealFit) -> float:
+    """Log likelihood of the fit points at the posterior mode (the fitter's point estimate)."""
+    res = fit.result
+    data = {k: fit.points[k].to_numpy(np.float64) for k in F.get_form(res.form).inputs}
+    y = fit.points["loss"].to_numpy(np.float64)
     p = {k: np.asarray([[v]]) for k, v in res.point.items()}
-    r = np.log(y) - mean_log_loss(fm.name, p, data).reshape(-1)
-    return float(np.sum(st.t.logpdf(r, res.df, scale=res.point["sigma"])))
+    r = np.log(y) - mean_log_loss(res.form, p, data).reshape(-1)
+    if res.noise == "student_t":
+        return float(np.sum(st.t.logpdf(r, res.df, scale=res.point["sigma"])))
+    return float(np.sum(st.norm.logpdf(r, scale=res.point["sigma"])))
+
+
+def lambda_weights(profile: Mapping[float, float]) -> dict[float, float]:
+    """Posterior weight of each λ from its maximised log likelihood, uniform prior on the grid.
+
+    Every λ has the same parameters and data, so the BIC approximation of the marginal
+    likelihood (Schwarz 1978; Raftery 1995) reduces to exp(max log likelihood); averaging the
+    predictions with these weights is Bayesian model averaging (Hoeting et al. 1999).
+    """
+    top = max(profile.values())
+    w = {k: math.exp(v - top) for k, v in profile.items()}
+    total = sum(w.values())
+    return {k: v / total for k, v in w.items()}
 
 
 def fit_runs(
@@ -453,45 +575,90 @@ def fit_runs(
     seed: int = 0,
     **fit_kw: Any,
 ) -> AnnealFit:
-    """Fit the law to runs' curves; lam='auto' takes the λ of LAMBDA_GRID under which the
-    law fits the runs best (maximised likelihood; every λ has the same parameters)."""
+    """Fit the law to runs' curves; lam='auto' averages over the λ of LAMBDA_GRID.
+
+    Why average rather than pick: one curve rarely fixes λ (on a 1000-step WSD run the log
+    likelihood varied by < 2 over the grid) while the annealing area of a differently shaped
+    schedule, and so its predicted loss, depends on it strongly; a chosen λ leaves that
+    uncertainty out of the intervals. Grid values with weight < LAMBDA_MIN_WEIGHT are dropped.
+    """
+    if lam != "auto":
+        if isinstance(lam, str) or not 0 <= float(lam) < 1:
+            raise ValueError(f"lambda: 'auto' or a number in [0, 1), got {lam!r}")
+        lam = float(lam)
+    grid = LAMBDA_GRID if lam == "auto" else (lam,)
+    # one likelihood weight for every λ (the residuals' autocorrelation barely depends on it),
+    # so their log likelihoods stay comparable
+    pts, full = (
+        curve_points(runs_df, curves_df, run_ids, target=target, points=n, lam=LAMBDA)
+        for n in (points, None)
+    )
+    weight = (
+        _n_eff(pts, _residual_acf(_map(pts, seed), full)) / len(pts)
+        if (pts["S2"] > 0).any()
+        else 1.0
+    )
     profile: dict[float, float] = {}
-    if lam == "auto":
-        for cand in LAMBDA_GRID:
-            pts = curve_points(
+    fits: dict[float, AnnealFit] = {}
+    full: dict[float, pd.DataFrame] = {}
+    # the λ weights come from each λ's posterior mode, which a Laplace fit finds; NUTS is then
+    # run only for the λ that keep weight
+    auto = lam == "auto" and fit_kw.get("method", "nuts") == "nuts"
+    kw = fit_kw | {"method": "laplace"} if auto else fit_kw
+    for cand in grid:
+        # the same points whatever λ (thinned on the paper's λ's S2), so fits can be compared
+        pts, full[cand] = (
+            curve_points(
                 runs_df,
                 curves_df,
                 run_ids,
                 target=target,
-                points=points,
+                points=n,
                 lam=cand,
                 thin_lam=LAMBDA,
             )
-            if (pts["S2"] > 0).any():
-                profile[cand] = _max_loglik(pts, cand, seed)
-        if not profile:
-            raise ValueError(
-                "the fit runs never anneal the LR (S2 = 0 at every point), so the annealing "
-                "term C cannot be fitted; include a run with a decay (wsd or cosine)"
+            for n in (points, None)
+        )
+        if (pts["S2"] > 0).any() or len(grid) == 1:
+            fits[cand] = fit_curves(
+                pts, target=target, lam=cand, seed=seed, full=full[cand], weight=weight, **kw
             )
-        best = max(profile, key=profile.get)
-        # the paper's λ unless the runs prefer another by more than χ²₁(0.95)/2 in log likelihood
-        keep = LAMBDA in profile and profile[best] - profile[LAMBDA] <= LAMBDA_LR_MARGIN
-        lam = LAMBDA if keep else best
-    elif isinstance(lam, str) or not 0 <= float(lam) < 1:
-        raise ValueError(f"lambda: 'auto' or a number in [0, 1), got {lam!r}")
-    # the same points whatever λ, so fits with different λ see the same data
-    pts = curve_points(
-        runs_df, curves_df, run_ids, target=target, points=points, lam=float(lam), thin_lam=LAMBDA
+            # the tempered log likelihood: the evidence of n_eff independent points
+            profile[cand] = weight * _loglik_at_mode(fits[cand])
+    if lam != "auto":
+        return fits[lam]
+    if not profile:
+        raise ValueError(
+            "the fit runs never anneal the LR (S2 = 0 at every point), so the annealing "
+            "term C cannot be fitted; include a run with a decay (wsd or cosine)"
+        )
+    weights = {k: w for k, w in lambda_weights(profile).items() if w >= LAMBDA_MIN_WEIGHT}
+    total = sum(weights.values())
+    if auto:
+        fits = {
+            k: fit_curves(
+                fits[k].points,
+                target=target,
+                lam=k,
+                seed=seed,
+                full=full[k],
+                weight=weight,
+                **fit_kw,
+            )
+            for k in weights
+        }
+    members = tuple(
+        LambdaFit(k, w / total, fits[k].result, fits[k].points) for k, w in weights.items()
     )
-    fit = fit_curves(pts, target=target, lam=float(lam), seed=seed, **fit_kw)
-    if profile:
-        fit = replace(fit, lambda_profile=profile)
-        if lam != LAMBDA:
-            fit.caveats.append(
-                f"lambda = {lam:g} (annealing delay ~{1 / (1 - lam):.0f} steps) fits these runs "
-                f"better than the paper's {LAMBDA:g}; its choice is not part of the intervals"
-            )
+    top = max(members, key=lambda m: m.weight)
+    fit = replace(fits[top.lam], lambda_profile=profile, members=members)
+    if top.weight < 0.9:
+        fit.caveats.append(
+            f"the fit runs do not fix lambda (most probable {top.lam:g} has weight "
+            f"{top.weight:.2f}): predictions average over it, and a schedule whose annealing "
+            "area depends on lambda unlike the fitted runs' gets a wide interval; fitting two "
+            "differently shaped curves (e.g. wsd and cosine) pins lambda down"
+        )
     return fit
 
 
@@ -507,39 +674,17 @@ def _decades(lo: float, hi: float, v: np.ndarray) -> np.ndarray:
     return np.where(d < DECADES_TOL, 0.0, d)
 
 
-def predict_lr(
+def _member_draws(
     fit: AnnealFit,
-    lr_K: Any,
-    *,
-    N: float | None = None,
-    steps: Sequence[int] | None = None,
-    grid: int = 120,
-    seed: int = 0,
-    return_draws: bool = False,
-) -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]:
-    """Posterior-predictive loss (fit's target) at steps of a run with LR lr_K per update.
-
-    Each draw adds the fit's observation noise and its model discrepancy, whose sd grows with
-    the decades S1, S2 (above its fitted maximum) and, jointly over sizes, N lie beyond the
-    fitted points (extrapolation.Discrepancy). Steps default to `grid` post-warmup steps (the
-    last included). Columns: step, S1, S2, q5/q25/q50/q75/q95, mean, decades_beyond (the
-    largest of the three), extrapolated (S1 or N outside the fitted range), S2_decades_beyond
-    and S2_beyond (more annealing area than any fitted point).
-    """
-    res = fit.result
-    lr = np.asarray(lr_K, np.float64)
-    S1, S2 = areas(lr, lam=fit.lam)
-    off = UPDATES_BEHIND[fit.target]
-    if steps is None:
-        cand = np.arange(peak_index(lr) + 1 + off, lr.size + 1)
-        steps = cand[thin(cand, grid)] if cand.size else np.array([lr.size])
-    k = np.asarray(steps, int)
-    s = k - off
-    if (s < 1).any() or (k > lr.size).any():
-        raise ValueError(f"predict: steps must lie in {1 + off}..{lr.size}")
-    pts = fit.points
-    if fit.joint and N is None:
-        raise ValueError("predict: a fit over several sizes needs N")
+    m: LambdaFit,
+    lr: np.ndarray,
+    s: np.ndarray,
+    N: float | None,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """Posterior-predictive loss draws (draws, steps) under one λ, with S1, S2 and decades."""
+    res, pts = m.result, m.points
+    S1, S2 = areas(lr, lam=m.lam)
     x = {"S1": S1[s], "S2p1": 1.0 + S2[s]}
     d = _decades(pts["S1"].min(), pts["S1"].max(), S1[s])
     # S2 is an input of the law like S1: decades above the largest fitted S2 count alike
@@ -556,7 +701,6 @@ def predict_lr(
     if mu.shape[0] < PREDICTIVE_DRAWS:
         rep = -(-PREDICTIVE_DRAWS // mu.shape[0])
         mu, sig = np.repeat(mu, rep, axis=0), np.repeat(sig, rep, axis=0)
-    rng = np.random.default_rng(seed)
     eps = (
         rng.standard_t(res.df, mu.shape)
         if res.noise == "student_t"
@@ -564,15 +708,62 @@ def predict_lr(
     )
     disc = res.discrepancy.scale(d_all)[None] * rng.standard_normal(mu.shape)
     L = np.exp(mu + sig * (eps + disc))
+    return {"L": L, "S1": S1[s], "S2": S2[s], "d": d, "d_S2": d_S2, "d_all": d_all}
+
+
+def predict_lr(
+    fit: AnnealFit,
+    lr_K: Any,
+    *,
+    N: float | None = None,
+    steps: Sequence[int] | None = None,
+    grid: int = 120,
+    seed: int = 0,
+    return_draws: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]:
+    """Posterior-predictive loss (fit's target) at steps of a run with LR lr_K per update.
+
+    Each draw adds the fit's observation noise and its model discrepancy, whose sd grows with
+    the decades S1, S2 (above its fitted maximum) and, jointly over sizes, N lie beyond the
+    fitted points (extrapolation.Discrepancy); with several λ (fit.mixture) the draws are pooled
+    in proportion to their weights. Steps default to `grid` post-warmup steps (the last
+    included). Columns: step, S1, S2 (most probable λ), q5/q25/q50/q75/q95, mean,
+    decades_beyond, extrapolated (S1 or N outside the fitted range), S2_decades_beyond and
+    S2_beyond (more annealing area than any fitted point, under any λ averaged over).
+    """
+    lr = np.asarray(lr_K, np.float64)
+    off = UPDATES_BEHIND[fit.target]
+    if steps is None:
+        cand = np.arange(peak_index(lr) + 1 + off, lr.size + 1)
+        steps = cand[thin(cand, grid)] if cand.size else np.array([lr.size])
+    k = np.asarray(steps, int)
+    s = k - off
+    if (s < 1).any() or (k > lr.size).any():
+        raise ValueError(f"predict: steps must lie in {1 + off}..{lr.size}")
+    if fit.joint and N is None:
+        raise ValueError("predict: a fit over several sizes needs N")
+    rng = np.random.default_rng(seed)
+    mix = fit.mixture
+    parts = [_member_draws(fit, m, lr, s, N, rng) for m in mix]
+    top = parts[[m.lam for m in mix].index(fit.lam)]
+    L = parts[0]["L"]
+    if len(mix) > 1:
+        total = PREDICTIVE_DRAWS * len(mix)
+        L = np.concatenate(
+            [
+                p["L"][rng.integers(0, p["L"].shape[0], max(1, round(m.weight * total)))]
+                for m, p in zip(mix, parts)
+            ]
+        )
     q = np.quantile(L, [0.05, 0.25, 0.5, 0.75, 0.95], axis=0)
-    out = pd.DataFrame({"step": k, "S1": S1[s], "S2": S2[s]})
+    out = pd.DataFrame({"step": k, "S1": top["S1"], "S2": top["S2"]})
     for name, row in zip(("q5", "q25", "q50", "q75", "q95"), q):
         out[name] = row
     out["mean"] = L.mean(0)
-    out["decades_beyond"] = d_all
-    out["extrapolated"] = d > 0
-    out["S2_decades_beyond"] = d_S2
-    out["S2_beyond"] = d_S2 > 1e-9
+    out["decades_beyond"] = top["d_all"]
+    out["extrapolated"] = top["d"] > 0
+    out["S2_decades_beyond"] = top["d_S2"]
+    out["S2_beyond"] = np.any([p["d_S2"] > 1e-9 for p in parts], axis=0)
     return (out, L) if return_draws else out
 
 
@@ -588,20 +779,28 @@ def prediction_line(fit: AnnealFit, row: Mapping[str, Any], label: str) -> str:
             f"EXTRAPOLATED: S1 {'or N ' if fit.joint else ''}beyond the fitted range (S1 in "
             f"[{fit.points['S1'].min():.3g}, {fit.points['S1'].max():.3g}])"
         )
-    if row["S2_beyond"]:
+    if row["S2_beyond"] and row["S2_decades_beyond"] > 0:
         flags.append(
             f"S2 = {row['S2']:.3g} exceeds every fitted point's (max {fit.points['S2'].max():.3g}"
             f", {row['S2_decades_beyond']:.2g} decades): the linear C*S2 term is extrapolated"
         )
+    elif row["S2_beyond"]:
+        flags.append(
+            "under another lambda averaged over, S2 exceeds every fitted point's: the linear "
+            "C*S2 term is extrapolated there"
+        )
     if fit.points["run_id"].nunique() == 1:
         flags.append("fitted on one curve: the transfer to other schedules is untested")
     if not fit.ok:
-        flags.append("DIAGNOSTICS FAILED: " + "; ".join(fit.result.problems))
+        flags.append("DIAGNOSTICS FAILED: " + "; ".join(fit.problems))
     warn = f" WARNING: {'; '.join(flags)}" if flags else " (within the fitted S1 range)"
+    w = ", ".join(f"{m.lam:g}: {m.weight:.2f}" for m in fit.mixture)
+    lam = f", averaged over lambda with weights {w}" if len(fit.mixture) > 1 else ""
     return (
         f"{label}: {what} at step {int(row['step'])} = {row['q50']:.4f} "
         f"[{row['q5']:.4f}, {row['q95']:.4f}] (median, 90% central posterior-predictive interval "
-        f"with noise and model discrepancy; S1 = {row['S1']:.4g}, S2 = {row['S2']:.4g}).{warn}"
+        f"with noise and model discrepancy{lam}; S1 = {row['S1']:.4g}, S2 = {row['S2']:.4g})."
+        f"{warn}"
     )
 
 
@@ -648,9 +847,10 @@ def plot(
         ls = "-" if kind == "fit" else "--"
         ax.plot(pred["step"], pred["q50"], color=color, ls=ls, lw=1.2, label=f"{label} ({kind})")
         ax.fill_between(pred["step"], pred["q5"], pred["q95"], color=color, alpha=0.15, lw=0)
-        ext = pred[pred["extrapolated"]]
-        if len(ext):
-            ax.plot(ext["step"], ext["q50"], color=color, lw=2.5, alpha=0.5)
+        if pred["extrapolated"].any():
+            # NaN breaks the line, so separate extrapolated stretches are not joined
+            ext = pred["q50"].where(pred["extrapolated"])
+            ax.plot(pred["step"], ext, color=color, lw=2.5, alpha=0.5)
         if obs is not None and len(obs):
             ax.scatter(obs["step"], obs["loss"], s=6, color=color)
     ax.set_xscale("log")
@@ -658,8 +858,10 @@ def plot(
     ax.set_ylabel(fit.target)
     ax.legend(fontsize=7)
     status = "" if fit.ok else " — DIAGNOSTICS FAILED"
+    many = len(fit.mixture) > 1
+    lam = f"averaged over {len(fit.mixture)} λ" if many else f"λ={fit.lam:g}"
     ax.set_title(
-        f"L = L0 + A S1^-α − C S2 (Tissue et al. 2024), λ={fit.lam:g}: 90% predictive bands; "
+        f"L = L0 + A S1^-α − C S2 (Tissue et al. 2024), {lam}: 90% predictive bands; "
         f"thick = extrapolated in S1{status}",
         fontsize=7,
     )

@@ -6,7 +6,9 @@ with N (their eq. D.1: LR(N) ≈ 0.003239 - 0.0001395 log N). For each (N, batch
 a sweep we fit a parabola to final loss vs log10 LR over the basin around the best grid point
 (the optimum's vertex, with a delta-method standard error), report the basin width — the
 range of LR whose fitted loss is within `tol` (relative) of the optimum — and fit the optimum's
-drift as a power law in N (and in B where a size was run at several batch sizes).
+drift as a power law in N (and in B where a size was run at several batch sizes). A vertex
+outside the LRs its parabola was fitted on is an extrapolation: it is flagged EXTRAPOLATED in
+the output and left out of the drift.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ class LRFit(Parabola):
     def min_loss(self) -> float:
         return float(self(self.vertex)) if self.a > 0 else math.nan
 
+    @property
+    def extrapolated(self) -> bool:
+        """True when the vertex lies outside the LRs the parabola was fitted on: the optimum is
+        then the parabola's extrapolation, not an interpolation between runs."""
+        return math.isfinite(self.vertex) and not self.lo <= self.vertex <= self.hi
+
     def width(self, tol: float) -> float:
         """Decades of LR over which the fitted loss is within (1+tol)·min (basin width)."""
         ok = self.a > 0 and self.min_loss > 0
@@ -48,24 +56,28 @@ class LRFit(Parabola):
 
 
 def fit_lr_parabola(lr: Sequence[float], loss: Sequence[float], half_window: int = 2) -> LRFit:
-    """Least-squares parabola in log10 LR over the best grid point ± half_window neighbours."""
+    """Least-squares parabola in log10 LR over the best grid point ± half_window neighbours;
+    repeated LRs (seeds) all enter the fit, the window and best point counted in distinct LRs."""
     x = np.log10(np.asarray(lr, float))
     y = np.asarray(loss, float)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
-    order = np.argsort(x)
-    x, y = x[order], y[order]
-    if np.unique(x).size < 3:
-        raise ValueError(f"an LR optimum needs >= 3 distinct finite LRs, got {np.unique(x).size}")
-    i = int(np.argmin(y))
-    for hw in range(half_window, x.size):
-        lo, hi = max(0, i - hw), min(x.size, i + hw + 1)
+    grid_G, inv = np.unique(x, return_inverse=True)
+    if grid_G.size < 3:
+        raise ValueError(f"an LR optimum needs >= 3 distinct finite LRs, got {grid_G.size}")
+    # The best grid point by its mean over repeats, so one lucky seed does not pick the window.
+    mean_G = np.bincount(inv, weights=y) / np.bincount(inv)
+    i = int(np.argmin(mean_G))
+    G = grid_G.size
+    for hw in range(half_window, G):
+        lo, hi = max(0, i - hw), min(G, i + hw + 1)
         # Keep at least 3 points even when the best LR sits at the edge of the grid.
         while hi - lo < 3:
             lo, hi = (lo - 1, hi) if lo > 0 else (lo, hi + 1)
-        f = _parabola(x[lo:hi], y[lo:hi])
+        sel = (inv >= lo) & (inv < hi)
+        f = _parabola(x[sel], y[sel])
         # A flat basin can bend the wrong way within noise: widen the window until it curves up.
-        if f.a > 0 or (lo == 0 and hi == x.size):
+        if f.a > 0 or (lo == 0 and hi == G):
             return f
     return f
 
@@ -170,12 +182,16 @@ def analyse_points(points: pd.DataFrame, *, tol: float = 0.01, half_window: int 
                 "observed_width_decades": float(np.log10(within["lr"].max() / within["lr"].min())),
                 "grid_decades": float(xs.max() - xs.min()),
                 "edge": edge,
+                "extrapolated": f.extrapolated,
+                "fit_lo": f.lo,
+                "fit_hi": f.hi,
             }
         )
     if not rows:
         raise ValueError("no (N, batch size) group has >= 3 finished learning rates to fit")
     opt = pd.DataFrame(rows)
-    interior = opt[~opt["edge"] & np.isfinite(opt["log10_lr_opt"])]
+    # An extrapolated vertex only says "that way": it is flagged and kept out of the drift.
+    interior = opt[~opt["edge"] & ~opt["extrapolated"] & np.isfinite(opt["log10_lr_opt"])]
     B_ref = int(opt["B"].mode().iloc[0])
     ref = interior[interior["B"] == B_ref]
     s, se, c = _wls_slope(
@@ -325,6 +341,14 @@ def _clipped_interval(f: LRFit) -> tuple[float, float]:
     return min(a, f.vertex), max(b, f.vertex)
 
 
+def extrapolated_warning(r: Any, what: str = "LR") -> str:
+    """The warning for an optimum row whose vertex lies outside the values its parabola used."""
+    return (
+        f"EXTRAPOLATED: vertex {10 ** r['log10_lr_opt']:.3g} outside the {what}s its parabola "
+        f"used ({10 ** r['fit_lo']:.3g}..{10 ** r['fit_hi']:.3g}); left out of the drift"
+    )
+
+
 def _describe(study: LRStudy) -> str:
     lines = [
         f"LR sensitivity (parabola in log10 LR over the best grid point ± neighbours; "
@@ -338,6 +362,7 @@ def _describe(study: LRStudy) -> str:
             f"(observed >= {r['observed_width_decades']:.2f} "
             f"of a {r['grid_decades']:.2f}-decade grid)"
             + ("  [best LR at grid edge]" if r["edge"] else "")
+            + (f"  [{extrapolated_warning(r)}]" if r["extrapolated"] else "")
         )
     d, b = study.drift_N, study.drift_B
     lines.append(

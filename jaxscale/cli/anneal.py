@@ -20,7 +20,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "the loss under schedules not run",
         description="Fits the LR-annealing law (Tissue et al. 2024, arXiv 2408.11029, eq. 1) to "
         "the post-warmup curve points of --fit-runs (S1 = area under the LR schedule, S2 = "
-        "annealing area with momentum lambda) with the Bayesian fitter (NUTS, 90%% intervals); "
+        "annealing area with momentum lambda, averaged over a grid of lambda) with the Bayesian "
+        "fitter (NUTS, 90% intervals; the likelihood counts the points as the independent ones "
+        "they are worth, given their residuals' autocorrelation); "
         "several sizes are fitted jointly with L0(N) = E + B N^-beta. Predicts the loss "
         "trajectory of --compare-runs (checked against what they measured) and of a schedule "
         "not run (--predict-schedule, built from the first fit run's config), flagging "
@@ -59,9 +61,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--lambda",
         dest="lam",
         default="auto",
-        help="annealing-momentum decay factor, or 'auto' (default): the value of "
-        f"{list(an.LAMBDA_GRID)} under which the law fits the runs best; the paper uses "
-        f"{an.LAMBDA}",
+        help="annealing-momentum decay factor, or 'auto' (default): fits under each of "
+        f"{list(an.LAMBDA_GRID)} and averages the predictions with each value's posterior "
+        f"weight (one curve rarely fixes lambda); the paper uses {an.LAMBDA}",
     )
     p.add_argument(
         "--points", type=int, default=an.POINTS, help="curve points kept per run (thinned)"

@@ -17,8 +17,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="optimal AdamW timescale tau = B/(eta lambda D) vs tokens per parameter "
         "(Bergsma et al. 2025)",
         description="Per (N, D) a parabola in log10 tau through the best weight decay and its "
-        "neighbours gives tau_opt with a 90%% interval (optima at the grid's edge are flagged "
-        "and left out); tau_opt = c (D/N)^k is fitted with the Bayesian fitter (90%% "
+        "neighbours gives tau_opt with a 90% interval (optima at the grid's edge are flagged "
+        "and left out); tau_opt = c (D/N)^k is fitted with the Bayesian fitter (90% "
         "intervals) beside Bergsma et al. 2025's 1.084 (D/N)^-0.527. B tokens/step, D tokens, "
         "eta peak LR, N non-embedding. Study file: experiments/wd.py.",
     )
@@ -27,7 +27,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--method",
         default="nuts",
         choices=("nuts", "laplace"),
-        help="posterior: NUTS (default) or the faster Laplace approximation",
+        help="posterior: NUTS (default) or Laplace, which this law refuses (it under-covered "
+        "on planted data): the law is fitted with NUTS either way, and the output says so",
     )
     p.add_argument(
         "--window",

@@ -268,7 +268,9 @@ class PowerLaw(Rule):
         shape = _run_shapes(results, points["run_id"])
         pts = points.merge(shape, on="run_id")
         groups = pts.groupby(["N", "B"])[["context", "tokens"]].agg(["min", "max"])
-        opt = optima[~optima["edge"].astype(bool)]
+        # lr.json files from before the EXTRAPOLATED flag have no such column.
+        extrapolated = optima.get("extrapolated", pd.Series(False, index=optima.index))
+        opt = optima[~optima["edge"].astype(bool) & ~extrapolated.astype(bool)]
         opt = opt[np.isfinite(opt["log10_lr_opt"].astype(float))]
         rows = []
         for _, r in opt.iterrows():

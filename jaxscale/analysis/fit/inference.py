@@ -854,6 +854,7 @@ def fit(
     n_boot: int = 200,
     quiet: bool = False,
     discrepancy: str | X.Discrepancy = "default",
+    weight: float = 1.0,
 ) -> FitResult:
     """Fit a registered form to a DataFrame/dict of inputs + loss.
 
@@ -863,7 +864,9 @@ def fit(
     (Huber/L-BFGS baseline, Besiroglu 2024; see fit_huber). Rows repeating an input point are
     merged first (prepare). discrepancy: the model-discrepancy term predictions beyond the data
     carry — 'default' (extrapolation.DEFAULT_DISCREPANCY), 'estimate' (from rolling-origin
-    backtests inside the data, estimate_discrepancy) or an extrapolation.Discrepancy.
+    backtests inside the data, estimate_discrepancy) or an extrapolation.Discrepancy. weight:
+    the power every point's likelihood is raised to (< 1 when the points are worth fewer
+    independent ones, e.g. autocorrelated along a curve: Ribatet et al. 2012).
     """
 
     if method not in METHODS:
@@ -885,6 +888,7 @@ def fit(
         x64=x64,
         quiet=quiet,
         discrepancy=discrepancy,
+        weight=weight,
     )
 
 
@@ -903,8 +907,10 @@ def fit_problem(
     x64: bool = True,
     quiet: bool = False,
     discrepancy: str | X.Discrepancy = "default",
+    weight: float = 1.0,
 ) -> FitResult:
-    """fit() on the points of prob where keep_P is True (all when None).
+    """fit() on the points of prob where keep_P is True (all when None), each point's
+    likelihood raised to the power `weight`.
 
     A NUTS fit that fails its diagnostics is rerun once with twice the warmup and draws (and,
     after divergences, a higher target_accept); diagnostics["extended"] says so, and the second
@@ -926,7 +932,9 @@ def fit_problem(
         raise ValueError(f"discrepancy: {discrepancy!r} not in default|estimate|a Discrepancy")
     keep = np.ones(prob.size, bool) if keep_P is None else np.asarray(keep_P, bool)
     sub = _subset(prob, keep)  # the points this fit sees, for checks and the result
-    w = keep.astype(np.float64)
+    if not 0 < weight <= 1:
+        raise ValueError(f"weight: must be in (0, 1], got {weight!r}")
+    w = keep.astype(np.float64) * weight
     fm = prob.form
     t0 = time.perf_counter()
     with jax.enable_x64(x64):
