@@ -19,4 +19,6 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
   fi
 fi
 .venv/bin/ruff check jaxscale tests experiments benchmarks
-.venv/bin/python -m pytest -q "$@"
+# Two workers, one test file each at a time (module fixtures train once): most tests are
+# dispatch-bound tiny models that leave a core idle. PYTEST_WORKERS=0 runs in one process.
+.venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadfile "$@"
