@@ -9,10 +9,13 @@ orders), `cheapest` first, and a fixed `grid` (per half-decade of C, the smalles
 largest model, then the rest cheapest-first).
 
 The posterior at every step is the kit's Laplace fit (fit_problem(..., method="laplace"),
-Gaussian at the mode, ~0.5 s): NUTS per step would take minutes per replay.
+Gaussian at the mode, ~0.5 s), or with --posterior laplace-is the importance-corrected one
+(design.laplace_is): NUTS per step would take minutes per replay. Design policies (DESIGNS)
+rank one run at a time per FLOP or per e-fold of compute, or plan for a budget (horizon).
 
     python -m benchmarks design            # the table in BENCHMARKS.md
     python -m benchmarks design --quick    # one pool, fewer fractions
+    python -m benchmarks design --pool planted --design design --posterior laplace-is
 """
 
 from __future__ import annotations
@@ -38,6 +41,13 @@ NOISE = 0.005  # sd of log loss: the Chinchilla points' own residual scale (Lapl
 HOFFMANN = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann 2022 eq. 10
 BUDGETS = (1e18, 3e18, 1e19, 3e19, 1e20, 3e20, 1e21)
 DRAWS = 1000
+# design policies: (label, ranking of suggest(per=...), planning horizon of design_order)
+DESIGNS = (
+    ("design", "flop", None),
+    ("design-log", "log", None),
+    ("design-plan", "flop", "budget"),
+    ("design-plan2", "flop", "double"),
+)
 
 
 @dataclass
@@ -144,11 +154,11 @@ def pools() -> list[Pool]:
 class Scorer:
     """Laplace fits of subsets of one pool (compiled once) and their errors on the held-out."""
 
-    def __init__(self, pool: Pool):
+    def __init__(self, pool: Pool, posterior: str = "laplace"):
         from jaxscale.analysis import design as Dz
         from jaxscale.analysis.fit import inference as I
 
-        self.pool, self.Dz, self.I = pool, Dz, I
+        self.pool, self.Dz, self.I, self.posterior = pool, Dz, I, posterior
         self.prob = I.setup({"N": pool.N, "D": pool.D, "loss": pool.loss}, "chinchilla")
         # prepare() may merge repeated points; keep the pool's own order (none repeat here)
         if self.prob.size != pool.N.size:
@@ -159,6 +169,8 @@ class Scorer:
     def fit(self, keep: np.ndarray):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            if self.posterior == "laplace-is":
+                return self.Dz.laplace_is(self.prob, keep, draws=DRAWS)
             return self.I.fit_problem(self.prob, keep, method="laplace", draws=DRAWS, quiet=True)
 
     def score(self, res) -> dict[str, float]:
@@ -193,7 +205,12 @@ def _prefix(order: list[int], pool: Pool, frac: float) -> np.ndarray:
 
 
 def design_order(
-    sc: Scorer, target, frac_max: float, max_fits: int, per: str = "flop"
+    sc: Scorer,
+    target,
+    frac_max: float,
+    max_fits: int,
+    per: str = "flop",
+    horizon: str | None = None,
 ) -> tuple[list[int], float]:
     """Pool indices in the order the design policy picks them (until frac_max of the FLOPs).
 
@@ -223,6 +240,7 @@ def design_order(
             max_draws=DRAWS,
             per=per,
             spent=spent,
+            horizon={None: None, "budget": left, "double": min(left, spent)}[horizon],
         )
         for s in picks:
             order.append(int(free[s.index]))
@@ -244,10 +262,15 @@ def grid_order(pool: Pool) -> list[int]:
 
 
 def replay(
-    pool: Pool, fractions=FRACTIONS, n_random: int = 5, max_fits: int = 50, pers=("flop", "log")
+    pool: Pool,
+    fractions=FRACTIONS,
+    n_random: int = 5,
+    max_fits: int = 50,
+    designs=DESIGNS,
+    posterior: str = "laplace",
 ) -> list[dict]:
     """Rows: pool, policy, target, fraction, errors and coverage (random: mean of n_random)."""
-    sc = Scorer(pool)
+    sc = Scorer(pool, posterior)
     free = np.flatnonzero(~pool.seed)
     orders: dict[str, list[list[int]]] = {
         "cheapest": [[int(i) for i in free[np.argsort(pool.cost[free])]]],
@@ -262,9 +285,9 @@ def replay(
     seconds = {}
     fmax = max(f for f in fractions if f < 1)
     for tk, tg in targets.items():
-        for per in pers:
-            name = f"design[{tk}]" if per == "flop" else f"design-{per}[{tk}]"
-            o, sec = design_order(sc, tg, fmax, max_fits, per)
+        for label, per, horizon in designs:
+            name = f"{label}[{tk}]"
+            o, sec = design_order(sc, tg, fmax, max_fits, per, horizon)
             orders[name] = [o]
             seconds[name] = sec
     cache: dict[bytes, dict] = {}
@@ -298,41 +321,53 @@ def table(rows: list[dict]) -> pd.DataFrame:
 
 
 def verdict(df: pd.DataFrame) -> list[str]:
-    """Per pool and target: goal met? (within 10% of full-pool error at <= 20% FLOPs; strictly
-    better than every baseline at every fraction < 1)."""
+    """Per pool, target and design policy: goal met? (within 10% of full-pool error at <= 20%
+    FLOPs; strictly better than every baseline at every fraction < 1)."""
     out = []
     for pool, g in df.groupby("pool", sort=False):
         for tk, col in (("loss", "loss_err"), ("nopt", "nopt_err")):
-            pol = f"design[{tk}]"
-            d = g[g.policy == pol].set_index("fraction")[col]
-            if d.empty or d.isna().all():
-                continue
-            full = float(d.loc[1.0])
-            at20 = float(d.loc[0.2])
-            ok20 = at20 <= 1.1 * full
             base = g[g.policy.isin(["random", "cheapest", "grid"])].pivot(
                 index="fraction", columns="policy", values=col
             )
-            fr = [f for f in d.index if f < 1]
-            beats = [f for f in fr if d.loc[f] < base.loc[f].min()]
-            out.append(
-                f"{pool} {tk}: at 20% of pool FLOPs error {at20:.4g} vs full pool {full:.4g} "
-                f"({100 * (at20 / full - 1):+.0f}%; goal <= +10%: {'MET' if ok20 else 'MISSED'}); "
-                f"strictly better than every baseline at {len(beats)}/{len(fr)} fractions "
-                f"({'MET' if len(beats) == len(fr) else 'MISSED'}: "
-                f"{', '.join(f'{f:g}' for f in fr if f not in beats) or 'none'} not)"
-            )
+            for label, _, _ in DESIGNS:
+                pol = f"{label}[{tk}]"
+                d = g[g.policy == pol].set_index("fraction")[col]
+                if d.empty or d.isna().all():
+                    continue
+                full = float(d.loc[1.0])
+                at20 = float(d.loc[0.2])
+                ok20 = at20 <= 1.1 * full
+                fr = [f for f in d.index if f < 1]
+                beats = [f for f in fr if d.loc[f] < base.loc[f].min()]
+                out.append(
+                    f"{pool} {pol}: at 20% of pool FLOPs error {at20:.4g} vs full pool "
+                    f"{full:.4g} ({100 * (at20 / full - 1):+.0f}%; goal <= +10%: "
+                    f"{'MET' if ok20 else 'MISSED'}); strictly better than every baseline at "
+                    f"{len(beats)}/{len(fr)} fractions "
+                    f"({'MET' if len(beats) == len(fr) else 'MISSED'}: "
+                    f"{', '.join(f'{f:g}' for f in fr if f not in beats) or 'none'} not)"
+                )
     return out
 
 
-def bench_design(quick: bool = False) -> tuple[pd.DataFrame, list[str]]:
+def bench_design(
+    quick: bool = False,
+    names: list[str] | None = None,
+    designs: list[str] | None = None,
+    posterior: str = "laplace",
+) -> tuple[pd.DataFrame, list[str]]:
+    """Replay every pool (quick: planted only, 3 fractions); names/designs pick pools/policies."""
     ps = pools()
     if quick:
         ps = [p for p in ps if p.name == "planted"]
+    if names:
+        ps = [p for p in ps if p.name in names]
+    des = [d for d in DESIGNS if not designs or d[0] in designs]
     rows = []
     for p in ps:
         t0 = time.perf_counter()
-        rows += replay(p, FRACTIONS if not quick else (0.05, 0.2, 1.0), n_random=3 if quick else 5)
+        fr = FRACTIONS if not quick else (0.05, 0.2, 1.0)
+        rows += replay(p, fr, n_random=3 if quick else 5, designs=des, posterior=posterior)
         print(f"# {p.name}: {p.note}; replay {time.perf_counter() - t0:.0f} s", flush=True)
     df = table(rows)
     return df, verdict(df)
@@ -349,8 +384,19 @@ def main(argv: list[str] | None = None) -> int:
     a = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     a.add_argument("--quick", action="store_true", help="planted pool only, 3 fractions")
     a.add_argument("--csv", type=Path, default=None, help="also write the table here")
+    a.add_argument("--pool", action="append", help="only this pool (repeatable)")
+    a.add_argument(
+        "--design", action="append", help=f"only this design policy (repeatable): {DESIGNS}"
+    )
+    a.add_argument(
+        "--posterior",
+        choices=("laplace", "laplace-is"),
+        default="laplace",
+        help="posterior of every refit (design and scoring): laplace, or laplace-is "
+        "(analysis.design.laplace_is: importance-corrected, slower)",
+    )
     args = a.parse_args(argv)
-    df, lines = bench_design(args.quick)
+    df, lines = bench_design(args.quick, args.pool, args.design, args.posterior)
     show(df, lines)
     if args.csv:
         df.to_csv(args.csv, index=False)

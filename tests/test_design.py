@@ -238,6 +238,7 @@ def test_adaptive_study_stops_at_its_threshold_and_resumes_without_retraining(tm
         k=2,
         max_rounds=3,
         train_fn=_planted_trainer(calls),
+        method="laplace",  # the loop's mechanics; test_adaptive_real.py runs laplace-is
     )
     res = tmp_path / "res"
     rc = suggest.adaptive_study(study, "default", res, **kw)
@@ -273,3 +274,32 @@ def test_per_log_ranking_needs_the_flops_spent():
     spent = float((6 * df.N * df.D).sum())
     s = Dz.suggest(res, Dz.Target("N_opt", C=1e21), N, D, k=2, per="log", spent=spent)
     assert len(s) == 2 and s[0].index != s[1].index and s[1].var_after < s[0].var_after
+
+
+def test_horizon_plans_for_the_budget_instead_of_buying_cheap_runs():
+    res = _laplace(_isoflop((1e18, 3e18, 1e19), noise=0.005))
+    # target: the loss of the compute-optimal-ish run at 1e20; candidates: that run, and 10
+    # cheap runs at 1e17 FLOPs each
+    n_big = math.sqrt(1e20 / 120)
+    tg = Dz.Target("loss", N=(n_big,), D=(1e20 / (6 * n_big),))
+    n_cheap = np.geomspace(2e7, 2e8, 10)
+    N, D = np.r_[n_cheap, n_big], np.r_[1e17 / (6 * n_cheap), 1e20 / (6 * n_big)]
+    myopic = Dz.suggest(res, tg, N, D, k=10, budget=1e20)
+    planned = Dz.suggest(res, tg, N, D, k=1, budget=1e20, horizon=1e20)
+    assert myopic[0].index < 10  # per FLOP the first pick is a cheap run ...
+    assert planned[0].index == 10  # ... planned for 1e20 FLOPs it is the large one,
+    big = Dz.suggest(res, tg, N[10:], D[10:], k=1, budget=1e20)[0]
+    assert big.var_after < myopic[-1].var_after  # which shrinks the target more than all 10
+
+
+def test_laplace_is_resamples_to_the_posterior_and_covers_the_planted_optimum():
+    from jaxscale.analysis.fit import inference
+
+    df = _isoflop((1e18, 3e18, 1e19), noise=0.005)
+    res = Dz.laplace_is(inference.setup(df, "chinchilla"), draws=2000)
+    assert res.method == "laplace-is" and res.ok and res.diagnostics["is"]["k_hat"] <= 0.7
+    assert res.flat("alpha").size == 2000 > np.unique(res.flat("alpha")).size  # resampled
+    Ng = np.geomspace(1e8, 1e11, 20001)  # the planted law's N_opt at 1e21 on a dense isoFLOP
+    n_opt = Ng[np.argmin(_law(Ng, 1e21 / (6 * Ng)))]
+    ti = Dz.target_interval(res, Dz.Target("N_opt", C=1e21))
+    assert ti["q5"] <= n_opt <= ti["q95"], (ti, n_opt)

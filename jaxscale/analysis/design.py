@@ -18,15 +18,18 @@ draws (effective sample size below ESS_MIN) the estimate is unreliable — it un
 and every suggestion says so.
 
 The posterior is whatever fit produced the draws: NUTS (the kit's default, exact up to MCMC
-error) or a Laplace approximation (fast; Gaussian in the unconstrained space, optimistic with
-few points). Observation noise is the fit's (Student-t or Gaussian on log loss); the model
-discrepancy term of predictions beyond the data is not simulated: a run tells about the surface,
-not about the form's error far away. The design idea follows "Spend Less, Fit Better" (2026):
-spend compute where it shrinks the extrapolation's uncertainty, not on a fixed grid.
+error), a Laplace approximation (fast; Gaussian in the unconstrained space, wrong with few
+points, where the posterior is curved) or laplace_is (Laplace resampled to the posterior by
+importance sampling; fast, checked by its Pareto k). Observation noise is the fit's (Student-t
+or Gaussian on log loss); the model discrepancy term of predictions beyond the data is not
+simulated: a run tells about the surface, not about the form's error far away. The design idea
+follows "Spend Less, Fit Better" (2026): spend compute where it shrinks the extrapolation's
+uncertainty, not on a fixed grid.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
@@ -38,7 +41,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.special as sp
+from scipy import stats
 
+from jaxscale.analysis.fit import inference as I
 from jaxscale.analysis.fit.forms import get_form
 from jaxscale.analysis.fit.results import (
     CHINCHILLA_PARAMS,
@@ -213,9 +218,12 @@ class Preposterior:
         )
         self.y_JxC = self.mu_SxC[self.src_J] + self.sig_S[self.src_J, None] * eps
         # the generating draw is left out of its own reweighting: with an informative run it
-        # would otherwise take all the weight and the variance would read ~0
-        self.logw_JxS = np.zeros((J, S))
-        self.logw_JxS[np.arange(J), self.src_J] = -np.inf
+        # would otherwise take all the weight and the variance would read ~0. Copies of it
+        # (resampled draws, laplace_is) go too: continuous draws coincide only as copies.
+        same_JxS = (self.sig_S[None] == self.sig_S[self.src_J, None]) & (
+            self.t_S[None] == self.t_S[self.src_J, None]
+        )
+        self.logw_JxS = np.where(same_JxS, -np.inf, 0.0)
 
     def loglik(self, c: int) -> np.ndarray:
         """log p(y_jc | θ_s, x_c), (J, S)."""
@@ -356,6 +364,45 @@ class Suggestion:
         )
 
 
+def _greedy(
+    pp: Preposterior,
+    cost_C: np.ndarray,
+    *,
+    k: float,
+    budget: float,
+    per: str,
+    spent: float,
+) -> tuple[list[tuple[int, dict[str, float]]], float]:
+    """Greedy picks (candidate, its evaluation) until k picks or the budget; each committed to pp.
+    Returns the picks and the expected variance after all of them. per: 'flop' (gain per FLOP),
+    'log' (log gain per e-fold of total compute) or 'run' (gain alone, cost ignored)."""
+    now = pp.now()["var"]
+    left, free = budget, np.ones(cost_C.size, bool)
+    picks: list[tuple[int, dict[str, float]]] = []
+    while len(picks) < k:
+        ok = free & (cost_C <= left * (1 + 1e-9))
+        if not ok.any():
+            break
+        cand = np.flatnonzero(ok)
+        ev = pp.evaluate(cand)
+        if per == "flop":
+            score = (now - ev["var"]) / cost_C[cand]
+        elif per == "log":
+            gain = np.log(now / np.maximum(ev["var"], 1e-300))
+            score = gain / np.log1p(cost_C[cand] / spent)
+        else:
+            score = now - ev["var"]
+        b = int(np.argmax(score))
+        c = int(cand[b])
+        picks.append((c, {key: float(v[b]) for key, v in ev.items()}))
+        pp.commit(c)
+        now = float(ev["var"][b])
+        free[c] = False
+        left -= cost_C[c]
+        spent += cost_C[c]
+    return picks, now
+
+
 def suggest(
     res: FitResult,
     target: Target,
@@ -369,6 +416,7 @@ def suggest(
     seed: int = 0,
     per: str = "flop",
     spent: float = 0.0,
+    horizon: float | None = None,
 ) -> list[Suggestion]:
     """The k candidates (greedy batch) with the largest expected variance reduction of the
     target per FLOP, their total 6ND within budget; each pick conditioned on the simulated
@@ -376,11 +424,21 @@ def suggest(
 
     per="flop": (V_now - V(x)) / C(x). per="log": log(V_now / V(x)) / log(1 + C(x)/spent),
     the fall of log variance per e-fold of the total compute (spent: FLOPs of the runs so far),
-    which does not shun a large run whose gain is in proportion to its cost."""
+    which does not shun a large run whose gain is in proportion to its cost.
+
+    horizon (FLOPs): plan for that much compute instead of ranking one run at a time. Two
+    greedy batches fill min(horizon, budget), one by gain per cost (`per`) and one by gain
+    alone, and the k picks are the first of the batch with the lower expected variance at its
+    end: the better of the two is within a constant factor of the best batch for a
+    submodular gain under a budget (Krause & Guestrin 2005, "A note on the budgeted
+    maximization of submodular functions"; Leskovec et al. 2007, CELF), while the per-cost
+    ranking alone can be arbitrarily worse (it keeps buying cheap runs)."""
     if per not in ("flop", "log"):
         raise ValueError(f"suggest: per must be 'flop' or 'log', got {per!r}")
     if per == "log" and not spent > 0:
         raise ValueError("suggest: per='log' needs the FLOPs spent so far (spent > 0)")
+    if horizon is not None and not horizon > 0:
+        raise ValueError(f"suggest: horizon must be > 0 FLOPs, got {horizon}")
     fm = get_form(res.form)
     if set(fm.inputs) != {"N", "D"}:
         raise ValueError(f"suggest: needs a form over N and D; {fm.name!r} takes {fm.inputs}")
@@ -396,23 +454,25 @@ def suggest(
     noise = res.noise if res.noise in ("student_t", "gaussian") else "gaussian"
     pp = Preposterior(mu, sig, t, noise=noise, df=res.df, n_sim=n_sim, seed=seed)
     cost_C = 6.0 * N_C * D_C
-    left, free = budget, np.ones(N_C.size, bool)
+    start = pp.now()
+    logw0 = pp.logw_JxS.copy()
+    if horizon is None:
+        picks, _ = _greedy(pp, cost_C, k=k, budget=budget, per=per, spent=spent)
+    else:
+        plans = []
+        for rule in (per, "run"):
+            pp.logw_JxS = logw0.copy()
+            plan, v_end = _greedy(
+                pp, cost_C, k=math.inf, budget=min(horizon, budget), per=rule, spent=spent
+            )
+            plans.append((v_end, len(plans), plan))
+        picks = min(plans)[2][:k]
+    # replay the chosen picks in order for their widths (a sort per simulation: only these)
+    pp.logw_JxS = logw0
+    now = start
     out: list[Suggestion] = []
-    now = pp.now()
-    for r in range(k):
-        ok = free & (cost_C <= left * (1 + 1e-9))
-        if not ok.any():
-            break
-        cand = np.flatnonzero(ok)
-        ev = pp.evaluate(cand)
-        if per == "flop":
-            score = (now["var"] - ev["var"]) / cost_C[cand]
-        else:
-            gain = np.log(now["var"] / np.maximum(ev["var"], 1e-300))
-            score = gain / np.log1p(cost_C[cand] / spent)
-        b = int(np.argmax(score))
-        c = int(cand[b])
-        ev["width"][b] = pp.evaluate([c], width=True)["width"][0]
+    for r, (c, ev) in enumerate(picks):
+        width = float(pp.evaluate([c], width=True)["width"][0])
         out.append(
             Suggestion(
                 rank=r + 1,
@@ -420,23 +480,91 @@ def suggest(
                 D=float(D_C[c]),
                 flops=float(cost_C[c]),
                 width_before=now["width"],
-                width_after=float(ev["width"][b]),
+                width_after=width,
                 var_before=now["var"],
-                var_after=float(ev["var"][b]),
-                var_se=float(ev["var_se"][b]),
-                ess=float(ev["ess"][b]),
-                ess_q10=float(ev["ess_q10"][b]),
+                var_after=ev["var"],
+                var_se=ev["var_se"],
+                ess=ev["ess"],
+                ess_q10=ev["ess_q10"],
                 n_draws=int(idx.size),
                 target=target.describe(),
                 index=c,
             )
         )
         pp.commit(c)
-        now = {"var": float(ev["var"][b]), "width": float(ev["width"][b]), "ess": ev["ess"][b]}
-        free[c] = False
-        left -= cost_C[c]
-        spent += cost_C[c]
+        now = {"var": ev["var"], "width": width}
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# The posterior behind a loop's refits: Laplace, corrected by importance sampling
+# --------------------------------------------------------------------------------------------
+
+IS_ITERS = 4  # proposal refits; measured on 8-11 tiny real runs: Pareto k 0.9-1.0 -> 0.4-0.7
+IS_NU = 5.0  # Student-t proposal: heavier tails than the posterior keep the weights bounded
+K_HAT_MAX = 0.7  # PSIS reliability bound (Vehtari et al. 2024, sec. 3)
+
+
+def laplace_is(
+    prob: Any,
+    keep_P: np.ndarray | None = None,
+    *,
+    draws: int = 2000,
+    proposals: int = 4000,
+    seed: int = 0,
+) -> FitResult:
+    """A Laplace fit whose draws are resampled to the exact posterior by adaptive importance
+    sampling: a Student-t proposal starting at the Laplace Gaussian is refitted IS_ITERS times
+    to the weighted draws (moment matching; Cappé et al. 2004, population Monte Carlo), weights
+    Pareto-smoothed (PSIS, Vehtari et al. 2024), then `draws` resampled systematically.
+
+    With few points the Chinchilla posterior is curved (A with alpha, B with beta) and the
+    Laplace Gaussian is not: measured on 10 tiny real runs its predictive sd at the data points
+    was 2.9x the NUTS one, so any run near the data looked informative. diagnostics['is'] holds
+    the Pareto k and ESS; k > K_HAT_MAX is a problem (res.ok False)."""
+    import arviz as az  # heavy, and only this path needs it
+
+    keep = np.ones(prob.size, bool) if keep_P is None else np.asarray(keep_P, bool)
+    res = I.fit_problem(prob, keep, method="laplace", draws=draws, seed=seed, quiet=True)
+    w_P = keep.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    with jax.enable_x64(True):
+        u_map, cov, _ = I._laplace(prob, w_P, seed)
+        data = I._arrays(prob, w_P)
+        potential = I._value_grad_program(prob.spec)
+        m_K, C_KxK = u_map, cov
+        for _ in range(IS_ITERS):
+            q = stats.multivariate_t(m_K, C_KxK, df=IS_NU, allow_singular=True)
+            u_SxK = q.rvs(proposals, random_state=rng).reshape(proposals, -1)
+            v_S = np.asarray(potential(u_SxK, *data)[0], np.float64)
+            lr_S = np.where(np.isfinite(v_S), -v_S - q.logpdf(u_SxK), -np.inf)
+            lw_S, k_hat = az.psislw(lr_S - np.max(lr_S))
+            w_S = np.exp(lw_S - lw_S.max())
+            w_S /= w_S.sum()
+            m_K = w_S @ u_SxK
+            C_KxK = ((u_SxK - m_K).T * w_S) @ (u_SxK - m_K) + 1e-9 * np.eye(m_K.size)
+    ess = float(1.0 / np.sum(w_S**2))
+    # systematic resampling: each draw kept about draws * w_s times (Kitagawa 1996)
+    pos = (rng.random() + np.arange(draws)) / draws
+    pick = np.minimum(np.searchsorted(np.cumsum(w_S), pos), proposals - 1)
+    samples = {k: v.reshape(1, -1) for k, v in I._samples(prob, u_SxK[pick][None], w_P).items()}
+    problems = list(res.problems)
+    if not float(k_hat) <= K_HAT_MAX:
+        problems.append(
+            f"importance sampling unreliable: Pareto k {float(k_hat):.2f} > {K_HAT_MAX} "
+            f"(ESS {ess:.0f} of {proposals}); use --method nuts"
+        )
+    diag = dict(res.diagnostics) | {"is": {"k_hat": float(k_hat), "ess": ess, "n": proposals}}
+    return dataclasses.replace(
+        res,
+        method="laplace-is",
+        samples=samples,
+        log_lik=None,
+        diagnostics=diag,
+        problems=problems,
+        ok=res.ok and not problems,
+        caveats=[c for c in res.caveats if not c.startswith("laplace:")],
+    )
 
 
 def target_interval(res: FitResult, target: Target) -> dict[str, float]:

@@ -291,9 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-n", type=float, default=None, help="--adaptive: largest N allowed")
     q.add_argument(
         "--posterior",
-        choices=("laplace", "nuts"),
-        default="laplace",
-        help="--adaptive: posterior of each refit (laplace: seconds; nuts: exact, minutes)",
+        choices=("laplace-is", "laplace", "nuts"),
+        default="laplace-is",
+        help="--adaptive: posterior of each refit (laplace-is: Laplace resampled to the "
+        "posterior by importance sampling, seconds; laplace: Gaussian, wrong with few points; "
+        "nuts: exact, minutes)",
     )
     q.set_defaults(func=_cmd_study)
     for name in COMMANDS:

@@ -19,6 +19,7 @@ from jaxscale.analysis import design as Dz
 from jaxscale.analysis import fit as F
 from jaxscale.analysis import plotting
 from jaxscale.analysis.fit import extrapolation as X
+from jaxscale.analysis.fit import inference
 from jaxscale.analysis.fit.inference import canonical
 from jaxscale.cli import studyargs
 from jaxscale.config import RunConfig
@@ -72,10 +73,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--method",
-        choices=("nuts", "laplace", "bootstrap"),
+        choices=("nuts", "laplace", "laplace-is", "bootstrap"),
         default="nuts",
         help="posterior behind the design: nuts (default; exact up to MCMC error), laplace "
-        "(seconds; Gaussian, optimistic with few points), bootstrap (Huber/L-BFGS)",
+        "(seconds; Gaussian, wrong with few points), laplace-is (Laplace resampled to the "
+        "posterior by importance sampling; seconds; checked by Pareto k), bootstrap "
+        "(Huber/L-BFGS)",
     )
     p.add_argument("--draws", type=int, default=500, help="draws per chain (laplace: in total)")
     p.add_argument("--warmup", type=int, default=500, help="NUTS warmup per chain")
@@ -87,6 +90,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="flop",
         help="rank by variance reduction per FLOP (default), or by the fall of log variance "
         "per e-fold of total compute (log: does not shun large runs)",
+    )
+    p.add_argument(
+        "--horizon",
+        type=float,
+        default=None,
+        help="plan for this many FLOPs (6ND): the picks open the better of two greedy batches "
+        "filling it, by gain per cost and by gain alone (default: rank one run at a time)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the fit and the simulations")
     p.add_argument("--out", default=None, help="write the suggestions as CSV here")
@@ -158,6 +168,7 @@ def make_plan(
     exclude: Sequence[str] = (),
     allow_empty: bool = False,
     per: str = "flop",
+    horizon: float | None = None,
 ) -> Plan:
     """Fit, build candidates, and choose k runs (see analysis.design.suggest)."""
     N0, D0 = np.asarray(df["N"], float), np.asarray(df["D"], float)
@@ -172,7 +183,10 @@ def make_plan(
     with warnings.catch_warnings():
         for cat in (F.PriorDominatedWarning, F.ReplicatesMergedWarning, RuntimeWarning):
             warnings.simplefilter("ignore", cat)
-        res = F.fit(df, "chinchilla", **kw)
+        if method == "laplace-is":
+            res = Dz.laplace_is(inference.setup(df, "chinchilla"), draws=draws * 4, seed=seed)
+        else:
+            res = F.fit(df, "chinchilla", **kw)
     if study_runs is not None:
         cands = study_candidates(
             study_runs,
@@ -206,6 +220,7 @@ def make_plan(
             seed=seed,
             per=per,
             spent=spent,
+            horizon=horizon,
         )
         if N_C.size
         else []
@@ -226,13 +241,21 @@ def make_plan(
         opt["D"] = [target.C / (6 * opt["N"][0])]
         reach = f"; C* lies {float(X.distance(res.inputs, opt)[0]):.2g} decades beyond the data"
     rank = "per FLOP" if per == "flop" else "(log) per e-fold of total FLOPs"
+    if horizon is not None:
+        rank += f", planned for {horizon:.3g} FLOPs (the better of that and gain alone)"
     header = [
         f"target: {target.describe()} (FLOPs {Dz.CONVENTION}): now {ti['q50']:.4g} "
         f"[{ti['q5']:.4g}, {ti['q95']:.4g}] ({Dz.LEVEL:.0%} interval, ratio {ti['ratio']:.3g})"
         f"{reach}",
         f"posterior: {res.form} fit [{res.method}] on {res.loss.size} points, "
         f"{min(res.flat(res.params[0]).size, 2000)} draws used"
-        + ("" if res.method == "nuts" else f" ({res.method}: fast, intervals approximate)"),
+        + ("" if res.method == "nuts" else f" ({res.method}: fast, intervals approximate)")
+        + (
+            f"; importance sampling: Pareto k {res.diagnostics['is']['k_hat']:.2f}, ESS "
+            f"{res.diagnostics['is']['ess']:.0f}/{res.diagnostics['is']['n']}"
+            if "is" in res.diagnostics
+            else ""
+        ),
         f"candidates: {where}; N <= {max_n:.3g}, total <= {budget:.3g} FLOPs (budget; runs so far "
         f"cost {spent:.3g}); ranked by expected reduction of Var[log target] {rank}; k={k} "
         "greedy, each pick conditioned on the earlier picks' simulated outcomes",
@@ -269,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
         n_grid=args.grid,
         seed=args.seed,
         per=args.per,
+        horizon=args.horizon,
         study_runs=study_runs,
         lr_rule=rule,
         exclude=[r.name for r in run_dirs(args.source)] if is_dir else (),
@@ -323,7 +347,7 @@ def adaptive_study(
     budget: float,
     k: int = 1,
     max_n: float | None = None,
-    method: str = "laplace",
+    method: str = "laplace-is",
     convention: str = "kaplan_attn",
     max_rounds: int = 20,
     progress: bool = False,
@@ -332,7 +356,8 @@ def adaptive_study(
 ) -> int:
     """Sweep the study's runs, then repeat: fit, stop if the target's 90% interval ratio
     (q95/q5) is at most `threshold` or the added runs' 6ND reached `budget`, else add the k
-    suggested runs (study shapes, study LR rule) and sweep again. The added runs are recorded in
+    suggested runs (study shapes, study LR rule; planned for the budget left, see
+    design.suggest's horizon) and sweep again. The added runs are recorded in
     <results>/adaptive/plan.json before they are trained, so a rerun trains nothing finished
     and continues where it stopped. Exit code: 0 threshold reached, 1 budget or rounds spent
     (or a run failed), 3 preempted (rerun to continue)."""
@@ -386,8 +411,11 @@ def adaptive_study(
             exclude=sorted(ids),
             seed=seed,
             allow_empty=True,
+            # plan for the budget still to spend (doubling the FLOPs so far when unbounded)
+            horizon=left if math.isfinite(left) and left > 0 else spent,
         )
         ti = Dz.target_interval(plan.fit, tg)
+        imp = plan.fit.diagnostics.get("is", {})
         rows.append(
             {
                 "round": rnd,
@@ -396,12 +424,16 @@ def adaptive_study(
                 "added_flops_6ND": spent_added,
                 **{k2: ti[k2] for k2 in ("q5", "q50", "q95", "ratio")},
                 "method": plan.fit.method,
+                "pareto_k": imp.get("k_hat", math.nan),
             }
         )
         print(
             f"adaptive round {rnd}: {len(df)} runs, {spent:.3g} FLOPs (6ND); {tg.describe()} "
             f"{ti['q50']:.4g} [{ti['q5']:.4g}, {ti['q95']:.4g}] ({Dz.LEVEL:.0%}, ratio "
-            f"{ti['ratio']:.3g}; threshold {threshold:g}; posterior {plan.fit.method})"
+            f"{ti['ratio']:.3g}; threshold {threshold:g}; posterior {plan.fit.method}"
+            + (f", Pareto k {imp['k_hat']:.2f}" if imp else "")
+            + ")"
+            + "".join(f"\n  DIAGNOSTICS FAILED: {p}" for p in plan.fit.problems)
         )
         if ti["ratio"] <= threshold:
             status, code = "threshold reached", 0
