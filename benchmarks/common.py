@@ -52,6 +52,7 @@ class Stepper:
     name: str
     run: Callable[[int], None]
     compile_s: float = float("nan")
+    compile_cpu_s: float = float("nan")  # this process's CPU seconds (XLA compiles on threads)
 
 
 def jax_stepper(name: str, cfg, *, blocked: bool | None = None) -> Stepper:
@@ -69,9 +70,9 @@ def jax_stepper(name: str, cfg, *, blocked: bool | None = None) -> Stepper:
         batch = jax.random.randint(
             jax.random.key(0), (1, cfg.train.batch_size, cfg.model.context_length + 1), 0, 257
         )
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         compiled = s.step_fn.lower(state, batch).compile()
-        compile_s = time.perf_counter() - t0
+        compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     finally:
         kernels.use_blocked_attention = orig
     box = {"state": state}
@@ -84,7 +85,7 @@ def jax_stepper(name: str, cfg, *, blocked: bool | None = None) -> Stepper:
         box["state"] = st
 
     run(1)  # warm-up
-    return Stepper(name, run, compile_s)
+    return Stepper(name, run, compile_s, compile_cpu_s)
 
 
 def torch_stepper(name: str, cfg) -> Stepper:
@@ -107,13 +108,17 @@ def torch_stepper(name: str, cfg) -> Stepper:
 
 
 def interleave(steppers: list[Stepper], rounds: int, steps: int) -> dict[str, list[float]]:
-    """Seconds per step of each contender, A B A B ... so machine noise hits all alike."""
-    out: dict[str, list[float]] = {s.name: [] for s in steppers}
+    """Seconds per step of each contender, A B A B ... so machine noise hits all alike; also
+    this process's CPU seconds per step under "<name> cpu" (work done, whatever the load)."""
+    out: dict[str, list[float]] = {}
+    for s in steppers:
+        out[s.name], out[f"{s.name} cpu"] = [], []
     for _ in range(rounds):
         for s in steppers:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             s.run(steps)
             out[s.name].append((time.perf_counter() - t0) / steps)
+            out[f"{s.name} cpu"].append((time.process_time() - c0) / steps)
     return out
 
 

@@ -80,7 +80,8 @@ def bench_step(sizes, dtypes, rounds: int) -> list[dict]:
                     f"step {size} {dtype} compile",
                     s.compile_s,
                     "s",
-                    f"lower+compile wall; setup+compile CPU {t_cpu:.1f} s",
+                    f"lower+compile wall ({s.compile_cpu_s:.1f} s CPU); setup+compile CPU "
+                    f"{t_cpu:.1f} s",
                 ),
             ]
             _print(rows[-3:])
@@ -94,22 +95,36 @@ def bench_torch(sizes, rounds: int) -> list[dict]:
     except ImportError:
         return [_row("jax/torch", math.nan, "x", "torch not installed: pip install torch==2.13.0")]
     rows = []
+    peak = _peak_stepper()
     for size in sizes:
         cfg = C.run_config(size)
         a, b = C.jax_stepper("jax", cfg), C.torch_stepper("torch", cfg)
-        times = C.interleave([a, b], rounds, 1)
+        # The matmul peak in the same rounds: how loaded the machine was while the pair ran.
+        times = C.interleave([a, b, peak], rounds, 1)
         tok = cfg.tokens_per_step
         torch_tps = tok / statistics.median(times["torch"])
-        note = f"{rounds} interleaved rounds; torch {torch_tps:.0f} tok/s"
-        rows.append(
+        gf = [2 * 2048**3 / t / 1e9 for t in times[peak.name]]
+        note = (
+            f"{rounds} interleaved rounds; jax {tok / statistics.median(times['jax']):.0f}, "
+            f"torch {torch_tps:.0f} tok/s; matmul peak {min(gf):.0f}-{max(gf):.0f} GFLOP/s; "
+            f"jax compile {a.compile_s:.1f} s wall, {a.compile_cpu_s:.1f} s CPU"
+        )
+        cpu_note = "process CPU s per step, torch/jax (work, less load-sensitive than wall)"
+        rows += [
             _row(
                 f"jax/torch {size} f32 speed",
                 C.paired_ratio(times["jax"], times["torch"]),
                 "x",
                 note,
-            )
-        )
-        _print(rows[-1:])
+            ),
+            _row(
+                f"jax/torch {size} f32 CPU",
+                C.paired_ratio(times["jax cpu"], times["torch cpu"]),
+                "x",
+                cpu_note,
+            ),
+        ]
+        _print(rows[-2:])
     return rows
 
 

@@ -105,3 +105,20 @@ def test_model_cpu_path_equals_fused_attention_path(monkeypatch, kw):
     np.testing.assert_allclose(l1, l0, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
+
+
+def test_unrolled_scan_equals_scanned_layers(monkeypatch):
+    """Shallow models unroll the layer scan (model.UNROLL_MAX_LAYERS): same logits and grads
+    as the while-loop scan."""
+    cfg = ModelConfig.from_width_depth(32, 3, head_dim=16, context_length=64)
+    gd, st = model.init_state(cfg, 0)
+    tok = jax.random.randint(jax.random.key(2), (2, 64), 0, 257)
+
+    def run(max_layers):
+        monkeypatch.setattr(model, "UNROLL_MAX_LAYERS", max_layers)
+        return jax.jit(jax.value_and_grad(lambda st: jnp.mean(nnx.merge(gd, st)(tok) ** 2)))(st)
+
+    (l1, g1), (l0, g0) = run(3), run(0)
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

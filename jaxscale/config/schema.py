@@ -107,7 +107,9 @@ class ModelConfig:
     tie_embeddings: bool = _field(True, "share the input embedding and the output head")
     param_dtype: str = _field("float32", "float32 | bfloat16 parameter storage")
     compute_dtype: str = _field("float32", "float32 | bfloat16 matmuls (bfloat16 pays on TPU/GPU)")
-    scan_layers: bool = _field(True, "lax.scan over depth (fast compile) instead of unrolling")
+    scan_layers: bool = _field(
+        True, "stack layers and lax.scan over depth (fast compile; unrolled up to 6 layers)"
+    )
     remat: str = _field("none", "none | full | dots: rematerialise blocks to save memory")
     rope_base: float = _field(10000.0, "RoPE frequency base (Su et al. 2021)")
     init_std: float = _field(0.02, "std of the normal init of weight matrices")

@@ -20,6 +20,10 @@ from jaxscale.core.kernels import causal_attention, dense, gelu_tanh
 from jaxscale.core.sharding import constrain
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Depths up to this scan fully unrolled (no while loop, no zero-filled residual stacks; same
+# per-layer ops and results): compiled in less CPU time than the loop at 2 and 6 layers
+# (BENCHMARKS.md); deeper models keep the loop, whose compile does not grow with depth.
+UNROLL_MAX_LAYERS = 6
 
 
 def _param(key: jax.Array, shape: tuple[int, ...], std: float, names: tuple, dtype) -> nnx.Param:
@@ -144,7 +148,10 @@ class Transformer(nnx.Module):
             block = jax.checkpoint(block, policy=jax.checkpoint_policies.dots_saveable)
         layers = self._layer_params()
         if cfg.scan_layers:
-            x_BxLxD, _ = jax.lax.scan(lambda x, p: (block(x, p), None), x_BxLxD, layers)
+            unroll = cfg.n_layers <= UNROLL_MAX_LAYERS
+            x_BxLxD, _ = jax.lax.scan(
+                lambda x, p: (block(x, p), None), x_BxLxD, layers, unroll=unroll
+            )
         else:
             for i in range(cfg.n_layers):
                 x_BxLxD = block(x_BxLxD, {k: v[i] for k, v in layers.items()})
