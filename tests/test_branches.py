@@ -94,7 +94,14 @@ def test_branched_nd_grid_costs_under_60_percent_of_the_independent_grid():
     # The quickstart in branch form spends less than its points cost trained independently.
     q = load_study(ROOT / "experiments/quickstart_branched.py")
     assert branches.savings(q.runs("default")).ratio < 0.9
-    assert len(q.runs("independent")) == 12
+    # At least the 12 points of experiments/quickstart.py, on 4 budgets of >= 3 sizes: the
+    # report's backtest fits the 3 budgets below the top (two left the fit unidentified).
+    indep = q.runs("independent")
+    per_budget = {}
+    for r in indep:
+        per_budget.setdefault(r.name.split("_")[1], set()).add(r.model.n_params_nonembedding)
+    assert len(indep) >= 12 and len(per_budget) == 4
+    assert all(len(ns) >= 3 for ns in per_budget.values()), per_budget
 
 
 def test_plan_trains_trunks_first_and_check_refuses_orphans():
