@@ -26,7 +26,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--method",
         default="nuts",
         choices=("nuts", "laplace"),
-        help="posterior: NUTS (default) or the faster Laplace approximation",
+        help="posterior: NUTS (default) or the faster Laplace approximation, which is refused "
+        "(NUTS instead, said in the output) for a law with < 10 residual degrees of freedom, "
+        "where its 90%% intervals under-covered on planted data",
     )
     p.add_argument(
         "--window",
