@@ -784,8 +784,9 @@ def _trunk_checkpoint(cfg: RunConfig, files: RunFiles, abstract: State) -> check
     """The trunk's checkpoint at cfg's branch step; ConfigError naming the trunk if missing."""
     tc = cfg.train
     trunk = files.trunk(tc.branch_of)
-    was = provenance.semantics_of(trunk.sessions())
-    if was != provenance.TRAINING_SEMANTICS:
+    sessions = trunk.sessions()  # none when the trunk is gone: the missing checkpoint says so
+    was = provenance.semantics_of(sessions)
+    if sessions and was != provenance.TRAINING_SEMANTICS:
         raise ConfigError(
             f"branch {cfg.name!r}: its trunk {tc.branch_of} was trained under training semantics "
             f"{was or 'unrecorded (before 2026-11-30)'}, this code trains "
