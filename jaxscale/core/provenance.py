@@ -91,6 +91,11 @@ def environment() -> dict[str, Any]:
     }
 
 
+def semantics_label(semantics: int | None) -> str:
+    """How a run's training semantics reads in messages."""
+    return str(semantics) if semantics is not None else "unrecorded (trained before 2026-11-30)"
+
+
 def semantics_of(sessions: list[dict]) -> int | None:
     """The training semantics the last session trained with; for a session that predates the
     record, 2 if its git commit descends from the fix (local edits aside), else None."""

@@ -789,7 +789,7 @@ def _trunk_checkpoint(cfg: RunConfig, files: RunFiles, abstract: State) -> check
     if sessions and was != provenance.TRAINING_SEMANTICS:
         raise ConfigError(
             f"branch {cfg.name!r}: its trunk {tc.branch_of} was trained under training semantics "
-            f"{was or 'unrecorded (before 2026-11-30)'}, this code trains "
+            f"{provenance.semantics_label(was)}, this code trains "
             f"{provenance.TRAINING_SEMANTICS} (core/provenance.py); move {trunk.path} aside so "
             "the sweep retrains it"
         )

@@ -57,11 +57,6 @@ class RunMismatch(ConfigError):
         )
 
 
-def semantics_label(semantics: int | None) -> str:
-    """How a run's training semantics reads in messages (core.provenance.TRAINING_SEMANTICS)."""
-    return str(semantics) if semantics is not None else "unrecorded (trained before 2026-11-30)"
-
-
 @dataclass(frozen=True)
 class RunDir:
     """One run's directory; every file access of a run goes through here."""
@@ -165,7 +160,7 @@ class RunDir:
         was = provenance.semantics_of(sessions)
         if sessions and was != provenance.TRAINING_SEMANTICS:
             diffs.append(
-                f"training semantics {semantics_label(was)} → {provenance.TRAINING_SEMANTICS}: "
+                f"training semantics {provenance.semantics_label(was)} → {provenance.TRAINING_SEMANTICS}: "
                 "this code trains the same config differently, so the run cannot be continued"
             )
         if diffs:

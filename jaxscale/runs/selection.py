@@ -21,7 +21,7 @@ import pandas as pd
 from jaxscale.config import ConfigError, RunConfig
 from jaxscale.core import provenance
 from jaxscale.runs import store
-from jaxscale.runs.rundir import RunDir, RunMismatch, semantics_label
+from jaxscale.runs.rundir import RunDir, RunMismatch
 from jaxscale.runs.study import Study, load_study
 
 RECORD = "study.json"
@@ -139,7 +139,7 @@ def check_semantics(results: str | os.PathLike, run_ids: set[str]) -> None:
             by.setdefault(provenance.semantics_of(sessions), []).append(rid)
     if len(by) > 1:
         parts = "; ".join(
-            f"{semantics_label(k)}: {len(v)} runs, e.g. {v[0]}"
+            f"{provenance.semantics_label(k)}: {len(v)} runs, e.g. {v[0]}"
             for k, v in sorted(by.items(), key=lambda kv: kv[0] or 0)
         )
         raise ConfigError(
