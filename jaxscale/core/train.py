@@ -40,29 +40,36 @@ from jaxscale.core.tracking import Hook, Tracking
 State = dict[str, Any]
 
 
-def relative_schedule(tc: TrainConfig) -> optax.Schedule:
-    """LR multiplier in [0, 1] per step: linear warmup, then cosine / constant / WSD decay."""
+def schedule_numbers(tc: TrainConfig) -> np.ndarray:
+    """The schedule as numbers [warmup, decay end, decay start, floor, cosine?, 1-sqrt?]: passed
+    to the compiled step as data, so runs of one shape share one program whatever their length."""
     w, n, floor = tc.warmup_steps, tc.steps, tc.min_lr_ratio
     if tc.schedule == "cosine":
-        # Cosine to min_lr_ratio (Loshchilov & Hutter 2017), as in Hoffmann et al. 2022.
-        return optax.warmup_cosine_decay_schedule(0.0, 1.0, w, max(n, w + 1), end_value=floor)
-    warm = optax.linear_schedule(0.0, 1.0, max(w, 1))
-    if tc.schedule == "constant":
-        return optax.join_schedules([warm, optax.constant_schedule(1.0)], [w])
-    # Warmup-stable-decay (Hu et al. 2024, MiniCPM): a decay over the last fraction.
-    start = tc.decay_start
-    if tc.cooldown_shape == "1-sqrt":
-        # Hägele et al. 2024 (Sec. 3, the (1-sqrt) cooldown, better than linear in their
-        # Fig. 4): 1 - sqrt((t - t0) / n_cool), here mapped onto [min_lr_ratio, 1].
-        n_cool = max(n - start, 1)
+        return np.array([w, max(n, w + 1), w, floor, 1.0, 0.0], np.float32)
+    start = float(n) if tc.schedule == "constant" else tc.decay_start
+    return np.array([w, n, start, floor, 0.0, float(tc.cooldown_shape == "1-sqrt")], np.float32)
 
-        def decay(t: jax.Array) -> jax.Array:
-            x = jnp.clip(jnp.asarray(t, jnp.float32) / n_cool, 0.0, 1.0)
-            return floor + (1.0 - floor) * (1.0 - jnp.sqrt(x))
 
-    else:
-        decay = optax.linear_schedule(1.0, floor, n - start)
-    return optax.join_schedules([warm, optax.constant_schedule(1.0), decay], [w, start])
+def schedule_at(t: jax.Array, s_6: jax.Array) -> jax.Array:
+    """LR multiplier in [0, 1] at update t: linear warmup, then cosine / constant / WSD."""
+    t = jnp.asarray(t, jnp.float32)
+    w, n, start, floor, is_cos, is_sqrt = (s_6[i] for i in range(6))
+    warm = t / jnp.maximum(w, 1.0)
+    # Cosine to min_lr_ratio (Loshchilov & Hutter 2017), as in Hoffmann et al. 2022.
+    c = jnp.clip((t - w) / jnp.maximum(n - w, 1.0), 0.0, 1.0)
+    cos = floor + (1.0 - floor) * 0.5 * (1.0 + jnp.cos(jnp.pi * c))
+    # Warmup-stable-decay (Hu et al. 2024, MiniCPM): a decay over the last fraction, linear or
+    # 1 - sqrt (Hägele et al. 2024 Sec. 3, better than linear in their Fig. 4) onto [floor, 1].
+    x = jnp.clip((t - start) / jnp.maximum(n - start, 1.0), 0.0, 1.0)
+    decay = jnp.where(is_sqrt > 0, 1.0 - jnp.sqrt(x), 1.0 - x)
+    wsd = jnp.where(t < start, 1.0, floor + (1.0 - floor) * decay)
+    return jnp.where(t < w, warm, jnp.where(is_cos > 0, cos, wsd))
+
+
+def relative_schedule(tc: TrainConfig) -> Callable[[jax.Array], jax.Array]:
+    """tc's LR multiplier per update t (schedule_at with tc's numbers)."""
+    s_6 = jnp.asarray(schedule_numbers(tc))
+    return lambda t: schedule_at(t, s_6)
 
 
 def make_optimizer(tc: TrainConfig, mc: ModelConfig | None = None) -> optax.GradientTransformation:
@@ -114,6 +121,8 @@ class Setup:
     init_fn: Callable[[], State]
     step_fn: Callable[[State, jax.Array], tuple[State, dict]]
     eval_fn: Callable[[dict, jax.Array], dict]
+    step_jit: Any  # the jitted step(state, batch, schedule numbers) behind step_fn
+    sched: jax.Array  # cfg's schedule numbers (schedule_numbers), on the devices
 
 
 def loss_terms(graphdef, abstract, params: dict, tokens_BxL1: jax.Array) -> jax.Array:
@@ -127,9 +136,9 @@ def _sq_norm(tree) -> jax.Array:
 
 
 def build_step(cfg: RunConfig, graphdef, abstract, tx: optax.GradientTransformation):
-    """Pure train step (state, batch[A, B/A, L+1]) -> (state, metrics); vmappable over models."""
+    """Pure train step (state, batch[A, B/A, L+1], schedule numbers[6]) -> (state, metrics);
+    vmappable over models."""
     A = cfg.train.grad_accum
-    sched = relative_schedule(cfg.train)
     gns = cfg.train.gns
 
     def loss_fn(params, tokens):
@@ -137,7 +146,7 @@ def build_step(cfg: RunConfig, graphdef, abstract, tx: optax.GradientTransformat
 
     grad_fn = jax.value_and_grad(loss_fn)
 
-    def step(state: State, batch_AxBxL1: jax.Array) -> tuple[State, dict]:
+    def step(state: State, batch_AxBxL1: jax.Array, sched_6: jax.Array) -> tuple[State, dict]:
         params = state["params"]
         if A == 1:
             loss, grads = grad_fn(params, batch_AxBxL1[0])
@@ -157,7 +166,7 @@ def build_step(cfg: RunConfig, graphdef, abstract, tx: optax.GradientTransformat
             loss, small_sq = loss / A, small_sq / A
         grad_norm = optax.tree.norm(grads)
         updates, opt = tx.update(grads, state["opt"], params)
-        lr = state["lr"] * sched(state["step"])
+        lr = state["lr"] * schedule_at(state["step"], sched_6)
         params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), params, updates)
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr}
         if gns:
@@ -225,7 +234,13 @@ def setup(cfg: RunConfig, mesh: jax.sharding.Mesh | None = None) -> Setup:
             "lr": jnp.asarray(tc.lr, jnp.float32),
         }
 
-    step = build_step(cfg, graphdef, abstract, tx)
+    step_jit = jax.jit(
+        build_step(cfg, graphdef, abstract, tx),
+        in_shardings=(state_sh, batch_sh, replicated),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=0,
+    )
+    sched = jax.device_put(schedule_numbers(tc), replicated)
     eval_fn = build_eval(cfg, graphdef, abstract)
     eval_in = jax.sharding.NamedSharding(mesh, shd.logical_to_spec((BATCH, LENGTH), mesh))
     return Setup(
@@ -237,13 +252,10 @@ def setup(cfg: RunConfig, mesh: jax.sharding.Mesh | None = None) -> Setup:
         batch_sharding=batch_sh,
         eval_sharding=eval_in,
         init_fn=jax.jit(init, out_shardings=state_sh),
-        step_fn=jax.jit(
-            step,
-            in_shardings=(state_sh, batch_sh),
-            out_shardings=(state_sh, replicated),
-            donate_argnums=0,
-        ),
+        step_fn=lambda state, batch: step_jit(state, batch, sched),
         eval_fn=jax.jit(eval_fn, in_shardings=(params_sh, eval_in), out_shardings=replicated),
+        step_jit=step_jit,
+        sched=sched,
     )
 
 
@@ -258,7 +270,7 @@ def lower_step(cfg: RunConfig, mesh: jax.sharding.Mesh | None = None) -> jax.sta
         sharding=s.batch_sharding,
     )
     with jax.set_mesh(s.mesh):
-        return s.step_fn.lower(state_abs, batch_abs)
+        return s.step_jit.lower(state_abs, batch_abs, s.sched)
 
 
 def counting_config(run: RunConfig) -> RunConfig:
@@ -413,7 +425,7 @@ def setup_group(cfg: RunConfig, K: int, mesh: jax.sharding.Mesh | None = None) -
         )
     mc = cfg.model
     tx = make_optimizer(cfg.train, cfg.model)
-    step = jax.vmap(build_step(cfg, s.graphdef, s.abstract, tx))
+    step = jax.vmap(build_step(cfg, s.graphdef, s.abstract, tx), in_axes=(0, 0, None))
     eval_one = build_eval(cfg, s.graphdef, s.abstract)
     state_sh = jax.tree.map(_stacked, s.state_shardings)
     batch_sh = _stacked(s.batch_sharding)
@@ -430,21 +442,22 @@ def setup_group(cfg: RunConfig, K: int, mesh: jax.sharding.Mesh | None = None) -
             "lr": lr.astype(jnp.float32),
         }
 
-    def group_step(state, batch, active_K):
-        new, metrics = step(state, batch)
+    def group_step(state, batch, active_K, sched_6):
+        new, metrics = step(state, batch, sched_6)
         # Finished or diverged models keep their state, so they cannot overflow or leak NaNs.
         return _select(active_K, new, state), metrics
 
+    group_jit = jax.jit(
+        group_step,
+        in_shardings=(state_sh, batch_sh, replicated, replicated),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=0,
+    )
     return GroupSetup(
         base=s,
         K=K,
         init_fn=jax.jit(jax.vmap(init_k), out_shardings=state_sh),
-        step_fn=jax.jit(
-            group_step,
-            in_shardings=(state_sh, batch_sh, replicated),
-            out_shardings=(state_sh, replicated),
-            donate_argnums=0,
-        ),
+        step_fn=lambda state, batch, active_K: group_jit(state, batch, active_K, s.sched),
         eval_fn=jax.jit(
             jax.vmap(eval_one, in_axes=(0, None)),
             in_shardings=(state_sh["params"], s.eval_sharding),
