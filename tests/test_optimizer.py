@@ -33,20 +33,7 @@ def test_step_equals_optax_adamw_with_the_logged_schedule(schedule):
         "lr": jnp.float32(tc.lr),
     }
 
-    # The schedule written with optax's own schedules (Loshchilov & Hutter 2017 cosine; WSD, Hu
-    # et al. 2024): an independent check of the step's traced one.
-    w, n, floor = tc.warmup_steps, tc.steps, tc.min_lr_ratio
-    if schedule == "cosine":
-        sched = optax.warmup_cosine_decay_schedule(0.0, 1.0, w, n, end_value=floor)
-    else:
-        sched = optax.join_schedules(
-            [
-                optax.linear_schedule(0.0, 1.0, w),
-                optax.constant_schedule(1.0),
-                optax.linear_schedule(1.0, floor, n - tc.decay_start),
-            ],
-            [w, tc.decay_start],
-        )
+    sched = _optax_schedule(tc)  # an independent check of the step's traced schedule
     numbers = train.schedule_numbers(tc)
     ref_tx = optax.chain(
         optax.clip_by_global_norm(tc.grad_clip),
@@ -87,3 +74,45 @@ def test_weight_decay_spares_every_norm_gain_and_bias(norm):
         spared = name.endswith(("_scale", "_bias"))
         np.testing.assert_allclose(u[name], 0.0 if spared else 0.5 * p, atol=1e-12)
     assert any(n.endswith("_scale") and p.ndim == 2 for n, p in params.items())
+
+
+def _optax_schedule(tc: TrainConfig) -> optax.Schedule:
+    """The schedule as the kit built it from optax until it became data (training semantics 2)."""
+    w, n, floor = tc.warmup_steps, tc.steps, tc.min_lr_ratio
+    if tc.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, 1.0, w, max(n, w + 1), end_value=floor)
+    warm = optax.linear_schedule(0.0, 1.0, max(w, 1))
+    if tc.schedule == "constant":
+        return optax.join_schedules([warm, optax.constant_schedule(1.0)], [w])
+    start = tc.decay_start
+    if tc.cooldown_shape == "1-sqrt":
+        n_cool = max(n - start, 1)
+
+        def decay(t):
+            x = jnp.clip(jnp.asarray(t, jnp.float32) / n_cool, 0.0, 1.0)
+            return floor + (1.0 - floor) * (1.0 - jnp.sqrt(x))
+
+    else:
+        decay = optax.linear_schedule(1.0, floor, n - start)
+    return optax.join_schedules([warm, optax.constant_schedule(1.0), decay], [w, start])
+
+
+def test_traced_schedule_equals_optax_to_float32_rounding():
+    """One compiled schedule for every run (its numbers are data) computes the optax schedules
+    it replaced, to float32 rounding (not bit for bit: hence training semantics 3)."""
+    rng = np.random.default_rng(0)
+    one_program = jax.jit(jax.vmap(train.schedule_at, in_axes=(0, None)))
+    for i in range(120):
+        n = int(rng.integers(2, 4000))
+        tc = TrainConfig(
+            schedule=("cosine", "constant", "wsd")[i % 3],
+            steps=n,
+            warmup_steps=int(rng.integers(0, max(n // 4, 1))),
+            min_lr_ratio=float(rng.choice([0.0, 0.1, 0.05, rng.uniform(0, 0.5)])),
+            decay_fraction=float(rng.uniform(0.05, 0.5)),
+            cooldown_shape=("linear", "1-sqrt")[i % 2],
+        )
+        t = jnp.arange(n + 2, dtype=jnp.int32)
+        old = jax.jit(jax.vmap(_optax_schedule(tc)))(t)
+        new = one_program(t, jnp.asarray(train.schedule_numbers(tc)))
+        np.testing.assert_allclose(new, old, rtol=2e-6, atol=2e-7, err_msg=str(tc))

@@ -21,12 +21,15 @@ from test_train import _cfg  # noqa: E402
 BEFORE_FIX = "00ce98dc500cdfc46f9e0b71b336c4a8444283fc"
 
 
-def _make_legacy(run: RunDir, commit: str = BEFORE_FIX) -> None:
-    """Rewrite the manifest as a session from before the field existed wrote it, at `commit`."""
+def _make_legacy(run: RunDir, commit: str = BEFORE_FIX, semantics: int | None = None) -> None:
+    """Rewrite the manifest as an older session wrote it at `commit`: without the field, or
+    recording `semantics`."""
     path = run.path / "manifest.json"
     m = json.loads(path.read_text())
     for s in m["sessions"]:
         s["environment"].pop("training_semantics", None)
+        if semantics is not None:
+            s["environment"]["training_semantics"] = semantics
         s["environment"]["git"] = {"commit": commit, "dirty": True}
     path.write_text(json.dumps(m))
 
@@ -53,7 +56,11 @@ def test_resume_of_a_run_with_other_semantics_is_refused(tmp_path):
     run.path.joinpath("summary.json").unlink()
     run.truncate_metrics(10)
     _make_legacy(run)
-    with pytest.raises(RunMismatch, match="training semantics unrecorded .* → 2"):
+    now = provenance.TRAINING_SEMANTICS
+    with pytest.raises(RunMismatch, match=f"training semantics unrecorded .* → {now}"):
+        train.train(cfg, run, progress=False)
+    _make_legacy(run, commit=BEFORE_FIX, semantics=now - 1)  # recorded, one version back
+    with pytest.raises(RunMismatch, match=f"training semantics {now - 1} → {now}"):
         train.train(cfg, run, progress=False)
     assert [r["step"] for r in run.read_metrics()][-1] == 10  # nothing written
 

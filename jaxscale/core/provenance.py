@@ -18,8 +18,11 @@ from jaxscale.core.data import Corpus
 # a resume or an analysis never mixes the two (runs/rundir.py, runs/selection.py). History:
 # 1 (unrecorded): before 2026-11-30 15:41 UTC (commit b38e776) the LR schedule was applied twice
 #   (η·s(t)²) and the stacked per-layer norm gains were weight-decayed;
-# 2: the schedule applied once, gains and biases never decayed.
-TRAINING_SEMANTICS = 2
+# 2: the schedule applied once, gains and biases never decayed;
+# 3: the schedule is data of the compiled step (core/train.py: schedule_at), so runs of one shape
+#   share one program: the same maths, but XLA rounds its float32 LR differently (<= 1e-6
+#   relative), which chaotic training grows into different trajectories.
+TRAINING_SEMANTICS = 3
 # The commit that made semantics 2, for sessions recorded before the field existed: a checkout
 # descending from it trained under 2 (asked of git where the checkout is at hand; uncommitted
 # edits on top are taken not to undo the fix).

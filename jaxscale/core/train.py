@@ -46,7 +46,8 @@ def schedule_numbers(tc: TrainConfig) -> np.ndarray:
     w, n, floor = tc.warmup_steps, tc.steps, tc.min_lr_ratio
     if tc.schedule == "cosine":
         return np.array([w, max(n, w + 1), w, floor, 1.0, 0.0], np.float32)
-    start = float(n) if tc.schedule == "constant" else tc.decay_start
+    # A constant schedule's decay starts after any step a run takes.
+    start = 2.0**31 if tc.schedule == "constant" else tc.decay_start
     return np.array([w, n, start, floor, 0.0, float(tc.cooldown_shape == "1-sqrt")], np.float32)
 
 
