@@ -10,6 +10,7 @@ import collections
 import contextlib
 import dataclasses
 import errno
+import functools
 import math
 import signal
 import threading
@@ -205,9 +206,65 @@ def _opt_shardings(opt_abstract, params_sh: dict, replicated):
     return jax.tree_util.tree_map_with_path(one, opt_abstract)
 
 
+# TrainConfig fields the compiled programs never see: the schedule is data (schedule_numbers),
+# seed and peak LR are arguments of init, the rest is the host loop's bookkeeping.
+NOT_COMPILED = (
+    "seed", "lr", "lr_rule", "batch_rule", "steps", "schedule", "warmup_steps", "min_lr_ratio",
+    "decay_fraction", "cooldown_shape", "eval_every", "eval_batches", "checkpoint_every",
+    "keep_checkpoints", "log_every", "gns_ema", "branch_of", "branch_step", "branch_points",
+)  # fmt: skip
+
+
 def setup(cfg: RunConfig, mesh: jax.sharding.Mesh | None = None) -> Setup:
-    """Mesh, shardings and jitted init/step/eval for a run config."""
+    """Mesh, shardings and jitted init/step/eval for a run config: the jitted functions are
+    shared by every run of one program (_programs), so a sweep traces and compiles each shape
+    once per process, whatever the runs' lengths, schedules, seeds and LRs."""
     mesh = mesh if mesh is not None else shd.make_mesh(cfg.mesh)
+    p = _programs(_program_config(cfg), mesh)
+    tc = cfg.train
+    seed, lr = np.int32(tc.seed), np.float32(tc.lr)
+    sched = jax.device_put(schedule_numbers(tc), p.replicated)
+    return Setup(
+        cfg=cfg,
+        mesh=mesh,
+        graphdef=p.graphdef,
+        abstract=p.abstract,
+        state_shardings=p.state_sh,
+        batch_sharding=p.batch_sh,
+        eval_sharding=p.eval_sh,
+        init_fn=lambda: p.init_jit(seed, lr),
+        step_fn=lambda state, batch: p.step_jit(state, batch, sched),
+        eval_fn=p.eval_jit,
+        step_jit=p.step_jit,
+        sched=sched,
+    )
+
+
+def _program_config(cfg: RunConfig) -> RunConfig:
+    """cfg as its compiled programs see it: every NOT_COMPILED field at its default."""
+    defaults = TrainConfig()
+    train = dataclasses.replace(cfg.train, **{f: getattr(defaults, f) for f in NOT_COMPILED})
+    return RunConfig(model=cfg.model, train=train, mesh=cfg.mesh)
+
+
+@dataclass(frozen=True)
+class _Programs:
+    """The jitted functions and shardings of one program (setup's cache entry)."""
+
+    graphdef: Any
+    abstract: Any
+    state_sh: State
+    batch_sh: jax.sharding.NamedSharding
+    eval_sh: jax.sharding.NamedSharding
+    replicated: jax.sharding.NamedSharding
+    init: Callable[[jax.Array, jax.Array], State]  # (seed, peak LR) -> fresh state
+    init_jit: Callable[[np.int32, np.float32], State]
+    step_jit: Any
+    eval_jit: Callable[[dict, jax.Array], dict]
+
+
+@functools.lru_cache(maxsize=16)
+def _programs(cfg: RunConfig, mesh: jax.sharding.Mesh) -> _Programs:
     mc, tc = cfg.model, cfg.train
     div = shd.batch_divisor(mesh)
     micro = tc.batch_size // tc.grad_accum
@@ -225,38 +282,38 @@ def setup(cfg: RunConfig, mesh: jax.sharding.Mesh | None = None) -> Setup:
     state_sh = {"params": params_sh, "opt": opt_sh, "step": replicated, "lr": replicated}
     batch_sh = jax.sharding.NamedSharding(mesh, shd.logical_to_spec((None, BATCH, LENGTH), mesh))
 
-    def init() -> State:
-        _, st = model_lib.init_state(mc, tc.seed)
+    def init(seed: jax.Array, lr: jax.Array) -> State:
+        # jax.random.key(seed) is what nnx.Rngs builds from an int seed.
+        _, st = model_lib.init_state(mc, jax.random.key(seed))
         params = nnx.to_pure_dict(st)
         return {
             "params": params,
             "opt": tx.init(params),
             "step": jnp.zeros((), jnp.int32),
-            "lr": jnp.asarray(tc.lr, jnp.float32),
+            "lr": lr.astype(jnp.float32),
         }
 
-    step_jit = jax.jit(
-        build_step(cfg, graphdef, abstract, tx),
-        in_shardings=(state_sh, batch_sh, replicated),
-        out_shardings=(state_sh, replicated),
-        donate_argnums=0,
-    )
-    sched = jax.device_put(schedule_numbers(tc), replicated)
-    eval_fn = build_eval(cfg, graphdef, abstract)
-    eval_in = jax.sharding.NamedSharding(mesh, shd.logical_to_spec((BATCH, LENGTH), mesh))
-    return Setup(
-        cfg=cfg,
-        mesh=mesh,
+    eval_sh = jax.sharding.NamedSharding(mesh, shd.logical_to_spec((BATCH, LENGTH), mesh))
+    return _Programs(
         graphdef=graphdef,
         abstract=abstract,
-        state_shardings=state_sh,
-        batch_sharding=batch_sh,
-        eval_sharding=eval_in,
-        init_fn=jax.jit(init, out_shardings=state_sh),
-        step_fn=lambda state, batch: step_jit(state, batch, sched),
-        eval_fn=jax.jit(eval_fn, in_shardings=(params_sh, eval_in), out_shardings=replicated),
-        step_jit=step_jit,
-        sched=sched,
+        state_sh=state_sh,
+        batch_sh=batch_sh,
+        eval_sh=eval_sh,
+        replicated=replicated,
+        init=init,
+        init_jit=jax.jit(init, out_shardings=state_sh),
+        step_jit=jax.jit(
+            build_step(cfg, graphdef, abstract, tx),
+            in_shardings=(state_sh, batch_sh, replicated),
+            out_shardings=(state_sh, replicated),
+            donate_argnums=0,
+        ),
+        eval_jit=jax.jit(
+            build_eval(cfg, graphdef, abstract),
+            in_shardings=(params_sh, eval_sh),
+            out_shardings=replicated,
+        ),
     )
 
 
@@ -424,48 +481,50 @@ def setup_group(cfg: RunConfig, K: int, mesh: jax.sharding.Mesh | None = None) -
             state_shardings=s.state_shardings,
             batch_sharding=s.batch_sharding,
         )
-    mc = cfg.model
-    tx = make_optimizer(cfg.train, cfg.model)
-    step = jax.vmap(build_step(cfg, s.graphdef, s.abstract, tx), in_axes=(0, 0, None))
-    eval_one = build_eval(cfg, s.graphdef, s.abstract)
-    state_sh = jax.tree.map(_stacked, s.state_shardings)
-    batch_sh = _stacked(s.batch_sharding)
-    replicated = jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec())
-
-    def init_k(seed, lr):
-        # jax.random.key(seed) is what nnx.Rngs builds from an int seed in setup.
-        _, st = model_lib.init_state(mc, jax.random.key(seed))
-        params = nnx.to_pure_dict(st)
-        return {
-            "params": params,
-            "opt": tx.init(params),
-            "step": jnp.zeros((), jnp.int32),
-            "lr": lr.astype(jnp.float32),
-        }
-
-    def group_step(state, batch, active_K, sched_6):
-        new, metrics = step(state, batch, sched_6)
-        # Finished or diverged models keep their state, so they cannot overflow or leak NaNs.
-        return _select(active_K, new, state), metrics
-
-    group_jit = jax.jit(
-        group_step,
-        in_shardings=(state_sh, batch_sh, replicated, replicated),
-        out_shardings=(state_sh, replicated),
-        donate_argnums=0,
-    )
+    gp = _group_programs(_program_config(cfg), s.mesh, K)
     return GroupSetup(
         base=s,
         K=K,
-        init_fn=jax.jit(jax.vmap(init_k), out_shardings=state_sh),
-        step_fn=lambda state, batch, active_K: group_jit(state, batch, active_K, s.sched),
-        eval_fn=jax.jit(
-            jax.vmap(eval_one, in_axes=(0, None)),
-            in_shardings=(state_sh["params"], s.eval_sharding),
-            out_shardings=replicated,
+        init_fn=gp.init_jit,
+        step_fn=lambda state, batch, active_K: gp.step_jit(state, batch, active_K, s.sched),
+        eval_fn=gp.eval_jit,
+        state_shardings=gp.state_sh,
+        batch_sharding=gp.batch_sh,
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _group_programs(cfg: RunConfig, mesh: jax.sharding.Mesh, K: int) -> _Programs:
+    """_programs vmapped over K models (setup's cache entry for a group)."""
+    p = _programs(cfg, mesh)
+    tx = make_optimizer(cfg.train, cfg.model)
+    step = jax.vmap(build_step(cfg, p.graphdef, p.abstract, tx), in_axes=(0, 0, None))
+    state_sh = jax.tree.map(_stacked, p.state_sh)
+    batch_sh = _stacked(p.batch_sh)
+
+    def group_step(state, batch, active_K, sched_8):
+        new, metrics = step(state, batch, sched_8)
+        # Finished or diverged models keep their state, so they cannot overflow or leak NaNs.
+        return _select(active_K, new, state), metrics
+
+    init_k = jax.vmap(p.init)
+    return dataclasses.replace(
+        p,
+        state_sh=state_sh,
+        batch_sh=batch_sh,
+        init=init_k,
+        init_jit=jax.jit(init_k, out_shardings=state_sh),
+        step_jit=jax.jit(
+            group_step,
+            in_shardings=(state_sh, batch_sh, p.replicated, p.replicated),
+            out_shardings=(state_sh, p.replicated),
+            donate_argnums=0,
         ),
-        state_shardings=state_sh,
-        batch_sharding=batch_sh,
+        eval_jit=jax.jit(
+            jax.vmap(build_eval(cfg, p.graphdef, p.abstract), in_axes=(0, None)),
+            in_shardings=(state_sh["params"], p.eval_sh),
+            out_shardings=p.replicated,
+        ),
     )
 
 
