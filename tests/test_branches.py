@@ -241,3 +241,18 @@ def test_branches_match_independent_runs_resume_and_name_a_missing_trunk(tmp_pat
     assert not fresh.has_metrics()
     del aside
     sys.stdout.flush()
+
+
+def test_a_trunk_and_its_branches_share_one_compiled_program(tmp_path):
+    """The schedule, length, seed and LR are data of the compiled step, so a sweep traces and
+    compiles each shape once (the branched quickstart had one compile per run start)."""
+    runs = branches.branched([_plain(s, 0) for s in (16, 24, 32)], cooldown=0.25)
+    assert len(runs) == 4 and len({r.train.steps for r in runs}) == 3
+    rep = runner.run_sweep(runs, tmp_path / "res", progress=False, log=lambda m: None)
+    assert rep.exit_code == 0 and rep.done == 4, rep.reason  # the trunk counts as done
+    p = train._programs(train._program_config(runs[0]), train.shd.make_mesh(runs[0].mesh))
+    assert (p.init_jit._cache_size(), p.step_jit._cache_size(), p.eval_jit._cache_size()) == (
+        1,
+        1,
+        1,
+    )

@@ -149,7 +149,9 @@ def _coords(mc: ModelConfig, *, lr: float = 3e-3, steps: int = 3) -> tuple[float
         st = {"params": params, "opt": tx.init(params), "step": jnp.int32(0), "lr": jnp.float32(lr)}
         x0, l0 = feats(params)
         # One compiled step, scanned (an unrolled loop would compile `steps` copies).
-        st, _ = jax.lax.scan(lambda s, tok: (step(s, tok[None], sched_8)[0], None), st, toks[:steps])
+        st, _ = jax.lax.scan(
+            lambda s, tok: (step(s, tok[None], sched_8)[0], None), st, toks[:steps]
+        )
         x1, l1 = feats(st["params"])
         rms = lambda v: jnp.sqrt(jnp.mean(jnp.square(v)))  # noqa: E731
         return rms(x1 - x0), rms(l1 - l0), rms(x0)

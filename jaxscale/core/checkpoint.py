@@ -22,15 +22,12 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import numpy as np
 
 from jaxscale.config import ConfigError, TrainConfig
-
-if TYPE_CHECKING:
-    from jaxscale.core.train import Setup
 
 State = dict[str, Any]
 
@@ -158,15 +155,6 @@ def save(mngr: Any, step: int, state: State, host: dict | None = None) -> None:
             raise
         # An async save fails at the next save or close: name the directory, not a step.
         raise DiskFull("checkpoints", mngr.directory) from None
-
-
-def abstract_state(s: Setup) -> State:
-    """Shapes, dtypes and shardings of s's train state: the restore target of a checkpoint."""
-    return jax.tree.map(
-        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-        jax.eval_shape(s.init_fn),
-        s.state_shardings,
-    )
 
 
 def restore(mngr: Any, abstract: State, quarantine_dir: Path | None = None) -> Restored | None:

@@ -52,7 +52,7 @@ def load_params(run: EvalFiles) -> tuple[RunConfig, train.Setup, dict, int]:
     s = train.setup(cfg)
     mngr = checkpoint.manager(run.checkpoint_dir, cfg.train)
     try:
-        state, step = checkpoint.restore_latest(mngr, checkpoint.abstract_state(s))
+        state, step = checkpoint.restore_latest(mngr, s.state_abstract)
     finally:
         checkpoint.close(mngr)
     if state is None:

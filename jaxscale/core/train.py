@@ -125,6 +125,7 @@ class Setup:
     eval_fn: Callable[[dict, jax.Array], dict]
     step_jit: Any  # the jitted step(state, batch, schedule numbers) behind step_fn
     sched: jax.Array  # cfg's schedule numbers (schedule_numbers), on the devices
+    state_abstract: State  # shapes, dtypes and shardings of the train state (restore target)
 
 
 def loss_terms(graphdef, abstract, params: dict, tokens_BxL1: jax.Array) -> jax.Array:
@@ -237,6 +238,7 @@ def setup(cfg: RunConfig, mesh: jax.sharding.Mesh | None = None) -> Setup:
         eval_fn=p.eval_jit,
         step_jit=p.step_jit,
         sched=sched,
+        state_abstract=p.state_abstract,
     )
 
 
@@ -257,6 +259,7 @@ class _Programs:
     batch_sh: jax.sharding.NamedSharding
     eval_sh: jax.sharding.NamedSharding
     replicated: jax.sharding.NamedSharding
+    state_abstract: State
     init: Callable[[jax.Array, jax.Array], State]  # (seed, peak LR) -> fresh state
     init_jit: Callable[[np.int32, np.float32], State]
     step_jit: Any
@@ -301,6 +304,11 @@ def _programs(cfg: RunConfig, mesh: jax.sharding.Mesh) -> _Programs:
         batch_sh=batch_sh,
         eval_sh=eval_sh,
         replicated=replicated,
+        state_abstract=jax.tree.map(
+            lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+            jax.eval_shape(init, jax.ShapeDtypeStruct((), jnp.int32), jnp.float32(0)),
+            state_sh,
+        ),
         init=init,
         init_jit=jax.jit(init, out_shardings=state_sh),
         step_jit=jax.jit(
@@ -321,7 +329,7 @@ def lower_step(cfg: RunConfig, mesh: jax.sharding.Mesh | None = None) -> jax.sta
     """The exact jitted train step, lowered for one global batch (for XLA cost analysis)."""
     s = setup(cfg, mesh)
     tc, mc = cfg.train, cfg.model
-    state_abs = jax.eval_shape(s.init_fn)
+    state_abs = s.state_abstract
     batch_abs = jax.ShapeDtypeStruct(
         (tc.grad_accum, tc.batch_size // tc.grad_accum, mc.context_length + 1),
         jnp.int32,
@@ -803,7 +811,7 @@ def _restore_or_init(
 ) -> tuple[State, list[_Run]]:
     """Each model's newest checkpoint that restores, or a fresh init; metrics truncated to
     match."""
-    abstract = checkpoint.abstract_state(g.base)
+    abstract = g.base.state_abstract
     writer = jax.process_index() == 0
     fresh = None
     runs, states = [], []
