@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxscale.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
-from jaxscale.core import train
+from jaxscale.core import kernels, train
 from jaxscale.runs import branches, results, runner
 from jaxscale.runs.rundir import RunDir
 from jaxscale.runs.study import load_study
@@ -250,7 +250,8 @@ def test_a_trunk_and_its_branches_share_one_compiled_program(tmp_path):
     assert len(runs) == 4 and len({r.train.steps for r in runs}) == 3
     rep = runner.run_sweep(runs, tmp_path / "res", progress=False, log=lambda m: None)
     assert rep.exit_code == 0 and rep.done == 4, rep.reason  # the trunk counts as done
-    p = train._programs(train._program_config(runs[0]), train.shd.make_mesh(runs[0].mesh))
+    mesh = train.shd.make_mesh(runs[0].mesh)
+    p = train._programs(train._program_config(runs[0]), mesh, kernels.use_blocked_attention())
     assert (p.init_jit._cache_size(), p.step_jit._cache_size(), p.eval_jit._cache_size()) == (
         1,
         1,

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from jaxscale.config import ConfigError, ModelConfig, RunConfig, TrainConfig
 from jaxscale.config.axes import BATCH, LENGTH
-from jaxscale.core import checkpoint, memory, mup, provenance
+from jaxscale.core import checkpoint, kernels, memory, mup, provenance
 from jaxscale.core import data as data_lib
 from jaxscale.core import flops as flops_lib
 from jaxscale.core import model as model_lib
@@ -221,7 +221,7 @@ def setup(cfg: RunConfig, mesh: jax.sharding.Mesh | None = None) -> Setup:
     shared by every run of one program (_programs), so a sweep traces and compiles each shape
     once per process, whatever the runs' lengths, schedules, seeds and LRs."""
     mesh = mesh if mesh is not None else shd.make_mesh(cfg.mesh)
-    p = _programs(_program_config(cfg), mesh)
+    p = _programs(_program_config(cfg), mesh, kernels.use_blocked_attention())
     tc = cfg.train
     seed, lr = np.int32(tc.seed), np.float32(tc.lr)
     sched = jax.device_put(schedule_numbers(tc), p.replicated)
@@ -267,7 +267,8 @@ class _Programs:
 
 
 @functools.lru_cache(maxsize=16)
-def _programs(cfg: RunConfig, mesh: jax.sharding.Mesh) -> _Programs:
+def _programs(cfg: RunConfig, mesh: jax.sharding.Mesh, blocked_attention: bool) -> _Programs:
+    """One program's pieces; keyed by the attention path too, which a benchmark may switch."""
     mc, tc = cfg.model, cfg.train
     div = shd.batch_divisor(mesh)
     micro = tc.batch_size // tc.grad_accum
@@ -489,7 +490,7 @@ def setup_group(cfg: RunConfig, K: int, mesh: jax.sharding.Mesh | None = None) -
             state_shardings=s.state_shardings,
             batch_sharding=s.batch_sharding,
         )
-    gp = _group_programs(_program_config(cfg), s.mesh, K)
+    gp = _group_programs(_program_config(cfg), s.mesh, kernels.use_blocked_attention(), K)
     return GroupSetup(
         base=s,
         K=K,
@@ -502,9 +503,9 @@ def setup_group(cfg: RunConfig, K: int, mesh: jax.sharding.Mesh | None = None) -
 
 
 @functools.lru_cache(maxsize=16)
-def _group_programs(cfg: RunConfig, mesh: jax.sharding.Mesh, K: int) -> _Programs:
+def _group_programs(cfg: RunConfig, mesh: jax.sharding.Mesh, blocked: bool, K: int) -> _Programs:
     """_programs vmapped over K models (setup's cache entry for a group)."""
-    p = _programs(cfg, mesh)
+    p = _programs(cfg, mesh, blocked)
     tx = make_optimizer(cfg.train, cfg.model)
     step = jax.vmap(build_step(cfg, p.graphdef, p.abstract, tx), in_axes=(0, 0, None))
     state_sh = jax.tree.map(_stacked, p.state_sh)
