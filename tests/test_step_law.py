@@ -91,7 +91,9 @@ def test_laplace_is_refused_where_it_under_covers():
             q5, q95 = np.quantile(f.draws(p), [0.05, 0.95])
             hits[p] += bool(q5 <= truth <= q95)
     assert min(hits.values()) >= 17, hits
-    assert S._fit("lr", best, "laplace", 0, [], {}).method == "laplace"
+    kept: list[str] = []
+    assert S._fit("lr", best, "laplace", 0, kept, {}).method == "laplace"
+    assert "17 residual dof" in kept[0] and "covered 80-95%" in kept[0]  # said, not silent
 
 
 def test_edges_and_missing_batch_axis_are_reported_not_fitted():

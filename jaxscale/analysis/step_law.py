@@ -49,11 +49,16 @@ LAPLACE_MIN_DOF = 10
 def posterior_method(
     method: str, form: F.Form, n_points: int, min_dof: float = LAPLACE_MIN_DOF
 ) -> tuple[str, str | None]:
-    """The method to fit `form` on n_points distinct points with, and a note when a Laplace
-    request is refused for fewer than min_dof residual degrees of freedom (NUTS instead)."""
+    """The method to fit `form` on n_points distinct points with, and a note on a Laplace request:
+    refused (NUTS instead) below min_dof residual degrees of freedom, else its measured coverage."""
     dof = n_points - len(form.params)
-    if method != "laplace" or dof >= min_dof:
+    if method != "laplace":
         return method, None
+    if dof >= min_dof:
+        return method, (
+            f"{form.name}: Laplace approximation ({dof} residual dof): on planted data with 17 "
+            "dof its 90% intervals covered 80-95% per parameter; --method nuts for calibrated ones"
+        )
     bound = "" if math.isinf(min_dof) else f" (< {min_dof:g})"
     return "nuts", (
         f"{form.name}: Laplace refused, fitted with NUTS — {n_points} distinct points for "
@@ -343,9 +348,9 @@ def _fit(
     ref = {x: float(np.exp(np.log(data[x].astype(float)).mean())) for x in fm.inputs}
     scaled = {x: data[x].to_numpy(float) / ref[x] for x in fm.inputs}
     scaled[TARGET[key]] = data[TARGET[key]].to_numpy(float)
-    method, refused = posterior_method(method, fm, distinct)
-    if refused:
-        notes.append(refused)
+    method, note = posterior_method(method, fm, distinct)
+    if note:
+        notes.append(note)
     res = F.fit(
         scaled,
         fm,

@@ -305,9 +305,9 @@ def _fit(
         )
         return None
     ref = float(np.exp(np.log(data["TPP"].astype(float)).mean()))
-    used, refused = step_law.posterior_method(method, FORM, distinct, LAPLACE_MIN_DOF)
-    if refused:
-        notes.append(refused)
+    used, note = step_law.posterior_method(method, FORM, distinct, LAPLACE_MIN_DOF)
+    if note:
+        notes.append(note)
     res = F.fit(
         {"TPP": data["TPP"].to_numpy(float) / ref, "tau_opt": data["tau_opt"].to_numpy(float)},
         FORM,
