@@ -173,7 +173,7 @@ def _cmd_study(args: argparse.Namespace, extra: Sequence[str]) -> int:
         results,
         convention=conv,
         fit_draws=args.fit_draws,
-        fit_warmup=args.fit_draws,
+        fit_warmup=args.fit_warmup if args.fit_warmup is not None else args.fit_draws,
         study=args.study,
         setting=args.setting,
     )
@@ -275,7 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--setting", default="default", help="study setting, e.g. tiny")
     q.add_argument("--results", help="results directory (default results/<study>)")
     q.add_argument("--convention", help="FLOP convention for C (default: the study's)")
-    q.add_argument("--fit-draws", type=int, default=1000, help="NUTS warmup and draws per chain")
+    q.add_argument("--fit-draws", type=int, default=1000, help="NUTS draws per chain")
+    q.add_argument(
+        "--fit-warmup", type=int, default=None, help="NUTS warmup per chain (default: --fit-draws)"
+    )
     q.add_argument("--no-report", action="store_true", help="only run the sweep")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
     q.add_argument(
