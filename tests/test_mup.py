@@ -136,7 +136,7 @@ def _coords(mc: ModelConfig, *, lr: float = 3e-3, steps: int = 3) -> tuple[float
     tx = train_lib.make_optimizer(tc, mc)
     step = train_lib.build_step(cfg, graphdef, abstract, tx)
     toks = jnp.asarray(_tokens(steps))
-    sched_8 = jnp.asarray(train_lib.schedule_numbers(tc))
+    sched_6 = jnp.asarray(train_lib.schedule_numbers(tc))
 
     def feats(params):
         state = jax.tree.map(lambda x: x, abstract)
@@ -150,7 +150,7 @@ def _coords(mc: ModelConfig, *, lr: float = 3e-3, steps: int = 3) -> tuple[float
         x0, l0 = feats(params)
         # One compiled step, scanned (an unrolled loop would compile `steps` copies).
         st, _ = jax.lax.scan(
-            lambda s, tok: (step(s, tok[None], sched_8)[0], None), st, toks[:steps]
+            lambda s, tok: (step(s, tok[None], sched_6)[0], None), st, toks[:steps]
         )
         x1, l1 = feats(st["params"])
         rms = lambda v: jnp.sqrt(jnp.mean(jnp.square(v)))  # noqa: E731

@@ -511,8 +511,8 @@ def _group_programs(cfg: RunConfig, mesh: jax.sharding.Mesh, blocked: bool, K: i
     state_sh = jax.tree.map(_stacked, p.state_sh)
     batch_sh = _stacked(p.batch_sh)
 
-    def group_step(state, batch, active_K, sched_8):
-        new, metrics = step(state, batch, sched_8)
+    def group_step(state, batch, active_K, sched_6):
+        new, metrics = step(state, batch, sched_6)
         # Finished or diverged models keep their state, so they cannot overflow or leak NaNs.
         return _select(active_K, new, state), metrics
 
