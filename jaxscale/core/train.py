@@ -521,6 +521,11 @@ def _group_programs(cfg: RunConfig, mesh: jax.sharding.Mesh, blocked: bool, K: i
         p,
         state_sh=state_sh,
         batch_sh=batch_sh,
+        state_abstract=jax.tree.map(
+            lambda x, sh: jax.ShapeDtypeStruct((K, *x.shape), x.dtype, sharding=sh),
+            p.state_abstract,
+            state_sh,
+        ),
         init=init_k,
         init_jit=jax.jit(init_k, out_shardings=state_sh),
         step_jit=jax.jit(
