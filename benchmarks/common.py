@@ -71,7 +71,7 @@ def jax_stepper(name: str, cfg, *, blocked: bool | None = None) -> Stepper:
             jax.random.key(0), (1, cfg.train.batch_size, cfg.model.context_length + 1), 0, 257
         )
         t0, c0 = time.perf_counter(), time.process_time()
-        compiled = s.step_jit.lower(state, batch, s.sched).compile()
+        compiled = s.step_jit.lower(state, batch, s.numbers).compile()
         compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     finally:
         kernels.use_blocked_attention = orig
@@ -80,7 +80,7 @@ def jax_stepper(name: str, cfg, *, blocked: bool | None = None) -> Stepper:
     def run(n: int) -> None:
         st = box["state"]
         for _ in range(n):
-            st, m = compiled(st, batch, s.sched)  # no host sync inside the loop
+            st, m = compiled(st, batch, s.numbers)  # no host sync inside the loop
         jax.block_until_ready((st, m))
         box["state"] = st
 

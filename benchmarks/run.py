@@ -209,17 +209,17 @@ def _multi_one(name: str, base, K: int, rounds: int) -> dict:
     batches = [jax.random.randint(jax.random.key(i), shape, 0, 257) for i in range(K)]
     s = train.setup(base)
     states = [train.setup(c).init_fn() for c in cfgs]
-    step = s.step_jit.lower(states[0], batches[0], s.sched).compile()
+    step = s.step_jit.lower(states[0], batches[0], s.numbers).compile()
     box = {"states": states}
 
     def seq(n: int) -> None:
         sts = box["states"]
         for _ in range(n):
-            sts = [step(st, b, s.sched)[0] for st, b in zip(sts, batches)]
+            sts = [step(st, b, s.numbers)[0] for st, b in zip(sts, batches)]
         jax.block_until_ready(sts)
         box["states"] = sts
 
-    g = train.setup_group(base, K)
+    g = train.setup_group(cfgs)
     gstate = train.init_group(g, cfgs)
     gbatch = jax.device_put(np.stack([np.asarray(b) for b in batches]), g.batch_sharding)
     active = np.ones(K, bool)

@@ -14,8 +14,9 @@ Settings:
   tiny     1 size (3.1k non-embedding, d=16, 1 layer) × 5 D (75-1200 steps of 8×64 tokens, ×2
            apart: D/N 12.3 to 197) × 9 τ (1/32..8, ×2 apart) + λ = 0, × 3 seeds; 150 runs,
            context 64, cosine to 10%. One size, so D/N moves with D alone. Runs differing only
-           in seed share a vmapped step (K = 3); λ is compiled into the optimizer, so each λ is
-           its own group. τ = 1/32 and 1/16 were added after the first 120 runs put the best
+           in seed or λ share a vmapped step (λ is data of the step, like the LR; up to 8
+           runs per group, 4 groups per D; until 2026-12-01 λ was compiled in and each λ
+           was its own group of 3). τ = 1/32 and 1/16 were added after the first 120 runs put the best
            τ at the grid's smallest (1/8) for D/N 49 and 197. The earlier 3-size × 2-D, 1-seed
            design (trained before the schedule fix) left τ_opt unbracketed at 4 of 6 cells.
            55 min on 2 CPU cores shared at load 14-26; results in docs/hyperparameters.md.

@@ -11,10 +11,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 from flax import nnx
 
-from jaxscale.analysis.lr_sensitivity import fit_lr_parabola
+from jaxscale.analysis import transfer
 from jaxscale.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
 from jaxscale.core import data as data_lib
 from jaxscale.core import model as model_lib
@@ -134,9 +135,9 @@ def _coords(mc: ModelConfig, *, lr: float = 3e-3, steps: int = 3) -> tuple[float
     cfg = RunConfig(model=mc, train=tc)
     graphdef, abstract = model_lib.init_state(mc, 0)
     tx = train_lib.make_optimizer(tc, mc)
-    step = train_lib.build_step(cfg, graphdef, abstract, tx)
+    step = train_lib.build_step(cfg, graphdef, abstract)
     toks = jnp.asarray(_tokens(steps))
-    sched_6 = jnp.asarray(train_lib.schedule_numbers(tc))
+    h_7 = jnp.asarray(train_lib.step_numbers(tc))
 
     def feats(params):
         state = jax.tree.map(lambda x: x, abstract)
@@ -149,9 +150,7 @@ def _coords(mc: ModelConfig, *, lr: float = 3e-3, steps: int = 3) -> tuple[float
         st = {"params": params, "opt": tx.init(params), "step": jnp.int32(0), "lr": jnp.float32(lr)}
         x0, l0 = feats(params)
         # One compiled step, scanned (an unrolled loop would compile `steps` copies).
-        st, _ = jax.lax.scan(
-            lambda s, tok: (step(s, tok[None], sched_6)[0], None), st, toks[:steps]
-        )
+        st, _ = jax.lax.scan(lambda s, tok: (step(s, tok[None], h_7)[0], None), st, toks[:steps])
         x1, l1 = feats(st["params"])
         rms = lambda v: jnp.sqrt(jnp.mean(jnp.square(v)))  # noqa: E731
         return rms(x1 - x0), rms(l1 - l0), rms(x0)
@@ -227,7 +226,7 @@ def lr_losses(mc: ModelConfig) -> np.ndarray:
         for lr in GRID
         for s in SEEDS
     ]
-    g = train_lib.setup_group(cfgs[0], len(cfgs))
+    g = train_lib.setup_group(cfgs)
     val = data_lib.eval_batches(corpus.val, batch_size=32, seq_len=T_CTX, n_batches=2)
     with jax.set_mesh(g.base.mesh):
         state = train_lib.init_group(g, cfgs)
@@ -250,39 +249,28 @@ def lr_losses(mc: ModelConfig) -> np.ndarray:
     return loss_LxS
 
 
-def optimum(loss_LxS: np.ndarray) -> tuple[int, float]:
-    """(grid index of the lowest seed-mean loss, the optimum in grid steps from GRID[0] by the
-    vertex of lr_sensitivity's parabola in log LR over the basin of the seed means)."""
-    mean_L = loss_LxS.mean(axis=1)
-    fit = fit_lr_parabola(GRID, mean_L)
-    # An optimum extrapolated past the runs (or a parabola opening down) is not a measurement.
-    assert fit.a > 0 and fit.lo <= fit.vertex <= fit.hi, fit
-    step = (fit.vertex - math.log10(GRID[0])) / math.log10(2.0)
-    lo, hi = fit.vertex_interval(0.9)
-    print(f"  vertex LR {10**fit.vertex:.2e}, 90% [{10**lo:.2e}, {10**hi:.2e}] (delta method)")
-    return int(np.argmin(mean_L)), round(step, 2)
-
-
-def _optima(shapes: dict[int, ModelConfig]) -> dict[int, tuple[int, float]]:
+def _transfer(shapes: dict[int, ModelConfig]) -> transfer.Transfer:
+    """`jaxscale lr --transfer`'s check over the shapes' loss[LR, seed] (analysis.transfer)."""
     # μP and 1/L at their base shape are SP bit for bit (tested above): train that shape once.
     sp = {"parameterization": "sp", "base_width": None, "depth_scaling": "none", "base_depth": None}
-    canon = {
-        n: dataclasses.replace(mc, **sp) if mup.is_identity(mc) else mc for n, mc in shapes.items()
-    }
-    return {n: optimum(lr_losses(mc)) for n, mc in canon.items()}
-
-
-def _spread(best: dict[int, tuple[int, float]]) -> float:
-    v = [b[1] for b in best.values()]
-    return max(v) - min(v)
+    rows = []
+    for n, mc in shapes.items():
+        loss_LxS = lr_losses(dataclasses.replace(mc, **sp) if mup.is_identity(mc) else mc)
+        rows += [
+            {"shape": n, "lr": lr, "seed": s, "loss": loss_LxS[i, j]}
+            for i, lr in enumerate(GRID)
+            for j, s in enumerate(SEEDS)
+        ]
+    t = transfer.check(pd.DataFrame(rows))
+    print(t.describe())
+    return t
 
 
 @pytest.mark.slow
 def test_lr_transfers_across_widths_under_mup_only():
     """Widths 16-64 at depth 2: μP's fitted best LR stays within one ×2 grid step, SP's falls
     by more. The base shape is shared: μP there is SP bit for bit (test above)."""
-    sp = _optima({w: _shape(w, 2) for w in WIDTHS})
-    mu = _optima({w: _shape(w, 2, parameterization="mup", base_width=WIDTHS[0]) for w in WIDTHS})
-    print(f"(argmin of seed mean, vertex) in grid steps per width: SP {sp}, μP {mu}")
-    assert _spread(mu) <= 1.0, mu
-    assert sp[WIDTHS[0]][1] - sp[WIDTHS[-1]][1] > 1.0, sp
+    sp = _transfer({w: _shape(w, 2) for w in WIDTHS})
+    mu = _transfer({w: _shape(w, 2, parameterization="mup", base_width=WIDTHS[0]) for w in WIDTHS})
+    assert mu.verdict == "transfers", mu.describe()
+    assert sp.verdict == "drifts" and sp.drift < -1.0, sp.describe()

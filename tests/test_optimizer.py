@@ -24,7 +24,7 @@ def test_step_equals_optax_adamw_with_the_logged_schedule(schedule):
     cfg = RunConfig(model=mc, train=tc)
     graphdef, abstract = model_lib.init_state(mc, 0)
     tx = train.make_optimizer(tc, mc)
-    step = jax.jit(train.build_step(cfg, graphdef, abstract, tx))
+    step = jax.jit(train.build_step(cfg, graphdef, abstract))
     params = nnx.to_pure_dict(abstract)
     state = {
         "params": params,
@@ -34,7 +34,7 @@ def test_step_equals_optax_adamw_with_the_logged_schedule(schedule):
     }
 
     sched = _optax_schedule(tc)  # an independent check of the step's traced schedule
-    numbers = train.schedule_numbers(tc)
+    numbers = train.step_numbers(tc)
     ref_tx = optax.chain(
         optax.clip_by_global_norm(tc.grad_clip),
         optax.adamw(
@@ -114,5 +114,5 @@ def test_traced_schedule_equals_optax_to_float32_rounding():
         )
         t = jnp.arange(n + 2, dtype=jnp.int32)
         old = jax.jit(jax.vmap(_optax_schedule(tc)))(t)
-        new = one_program(t, jnp.asarray(train.schedule_numbers(tc)))
+        new = one_program(t, jnp.asarray(train.step_numbers(tc)))
         np.testing.assert_allclose(new, old, rtol=2e-6, atol=2e-7, err_msg=str(tc))

@@ -20,10 +20,11 @@ def test_plan_groups_only_compatible_runs():
     lrs = [_base().replace(**{"train.lr": lr}) for lr in (1e-3, 3e-3, 1e-2)]
     seeds = [_base().replace(**{"train.seed": s}) for s in (1, 2)]
     other = [_base().replace(**{"model.d_model": 64, "model.d_ff": 128})]
+    decays = [_base().replace(**{"train.weight_decay": wd}) for wd in (0.0, 0.3)]
     longer = [_base().replace(**{"train.steps": 40})]
-    groups = runner.plan(lrs + other + seeds + longer)
+    groups = runner.plan(lrs + other + seeds + decays + longer)
     sizes = sorted(len(g) for g in groups)
-    assert sizes == [1, 1, 5]  # lr and seed variants share a step; shape or length changes don't
+    assert sizes == [1, 1, 7]  # lr, seed and λ variants share a step; shape or length don't
     many = [_base().replace(**{"train.lr": 1e-3 * (i + 1)}) for i in range(11)]
     assert [len(g) for g in runner.plan(many, max_group=8)] == [8, 3]
 
@@ -40,6 +41,22 @@ def test_lr_grid_trained_as_one_group_matches_single_runs(tmp_path):
     assert math.isclose(grouped["loss"], single["loss"], rel_tol=1e-4)
     rep2 = runner.run_sweep(runs, tmp_path / "res", progress=False)
     assert rep2.done == 3 and rep2.trained == []  # idempotent
+
+
+def test_weight_decays_trained_as_one_group_each_match_their_single_run(tmp_path):
+    """λ is data of the step, one per model: a group of λ 0, 0.3, 3 equals the runs trained
+    alone (to float32 rounding), and λ visibly changes the loss, so no model used another's."""
+    runs = [_base().replace(**{"train.weight_decay": wd, "train.lr": 1e-2}) for wd in (0, 0.3, 3)]
+    rep = runner.run_sweep(runs, tmp_path / "res", progress=False)
+    assert rep.done == 3
+    alone = {}
+    for cfg in (runs[0], runs[2]):
+        grouped = RunDir.of(tmp_path / "res", cfg).read_summary()
+        assert grouped["group_size"] == 3
+        alone[cfg.train.weight_decay] = train.train(cfg, RunDir(tmp_path / "one"), progress=False)
+        assert math.isclose(grouped["loss"], alone[cfg.train.weight_decay]["loss"], rel_tol=1e-4)
+        (tmp_path / "one").rename(tmp_path / f"one-{cfg.train.weight_decay}")
+    assert abs(alone[0]["loss"] - alone[3]["loss"]) > 1e-2
 
 
 def test_group_failure_marks_runs_failed_and_sweep_continues(tmp_path, monkeypatch):

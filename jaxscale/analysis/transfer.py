@@ -26,8 +26,6 @@ from jaxscale.analysis.lr_sensitivity import LRFit, fit_lr_parabola
 from jaxscale.runs import results as results_lib
 from jaxscale.runs import store
 
-VERDICTS = ("transfers", "drifts", "unbracketed")
-
 
 @dataclass(frozen=True)
 class Transfer:
@@ -39,7 +37,7 @@ class Transfer:
     drift: float  # last shape's optimum - first shape's, grid steps
     loo: pd.DataFrame  # left_out seed, spread, drift (NaN: a shape unbracketed without it)
     tol_steps: float
-    verdict: str  # one of VERDICTS
+    verdict: str  # "transfers", "drifts" or "unbracketed" (no verdict)
     warnings: list[str] = field(default_factory=list)
     points: pd.DataFrame = field(default_factory=pd.DataFrame)  # shape, lr, seed, loss
 
@@ -171,10 +169,11 @@ def check(points: pd.DataFrame, *, tol_steps: float = 1.0, half_window: int = 2)
             )
         elif not agree.all():
             bad = loo[~agree]
+            nan = " (NaN: a shape unbracketed)" if bad["spread"].isna().any() else ""
             warnings.append(
                 f"NOT ROBUST: leaving out seed(s) {', '.join(str(s) for s in bad['left_out'])} "
-                f"gives a spread of {', '.join(f'{v:.2f}' for v in bad['spread'])} grid steps "
-                "(NaN: a shape unbracketed); the basin is flat within seed noise — add seeds"
+                f"gives a spread of {', '.join(f'{v:.2f}' for v in bad['spread'])} grid "
+                f"steps{nan}; the basin is flat within seed noise — add seeds"
             )
     return Transfer(
         optima=optima,

@@ -41,21 +41,23 @@ from jaxscale.core.tracking import Hook, Tracking
 State = dict[str, Any]
 
 
-def schedule_numbers(tc: TrainConfig) -> np.ndarray:
-    """The schedule as numbers [warmup, decay end, decay start, floor, cosine?, 1-sqrt?]: passed
-    to the compiled step as data, so runs of one shape share one program whatever their length."""
-    w, n, floor = tc.warmup_steps, tc.steps, tc.min_lr_ratio
+def step_numbers(tc: TrainConfig) -> np.ndarray:
+    """The schedule and the weight decay as numbers [warmup, decay end, decay start, floor,
+    cosine?, 1-sqrt?, λ]: passed to the compiled step as data, so runs of one shape share one
+    program (and a vmapped group) whatever their length, schedule and weight decay."""
+    w, n, floor, wd = tc.warmup_steps, tc.steps, tc.min_lr_ratio, tc.weight_decay
     if tc.schedule == "cosine":
-        return np.array([w, max(n, w + 1), w, floor, 1.0, 0.0], np.float32)
+        return np.array([w, max(n, w + 1), w, floor, 1.0, 0.0, wd], np.float32)
     # A constant schedule's decay starts after any step a run takes.
     start = 2.0**31 if tc.schedule == "constant" else tc.decay_start
-    return np.array([w, n, start, floor, 0.0, float(tc.cooldown_shape == "1-sqrt")], np.float32)
+    sqrt = float(tc.cooldown_shape == "1-sqrt")
+    return np.array([w, n, start, floor, 0.0, sqrt, wd], np.float32)
 
 
-def schedule_at(t: jax.Array, s_6: jax.Array) -> jax.Array:
+def schedule_at(t: jax.Array, h_7: jax.Array) -> jax.Array:
     """LR multiplier in [0, 1] at update t: linear warmup, then cosine / constant / WSD."""
     t = jnp.asarray(t, jnp.float32)
-    w, n, start, floor, is_cos, is_sqrt = (s_6[i] for i in range(6))
+    w, n, start, floor, is_cos, is_sqrt = (h_7[i] for i in range(6))
     warm = t / jnp.maximum(w, 1.0)
     # Cosine to min_lr_ratio (Loshchilov & Hutter 2017), as in Hoffmann et al. 2022.
     c = jnp.clip((t - w) / jnp.maximum(n - w, 1.0), 0.0, 1.0)
@@ -70,13 +72,16 @@ def schedule_at(t: jax.Array, s_6: jax.Array) -> jax.Array:
 
 def relative_schedule(tc: TrainConfig) -> Callable[[jax.Array], jax.Array]:
     """tc's LR multiplier per update t (schedule_at with tc's numbers)."""
-    s_6 = jnp.asarray(schedule_numbers(tc))
-    return lambda t: schedule_at(t, s_6)
+    h_7 = jnp.asarray(step_numbers(tc))
+    return lambda t: schedule_at(t, h_7)
 
 
-def make_optimizer(tc: TrainConfig, mc: ModelConfig | None = None) -> optax.GradientTransformation:
+def make_optimizer(
+    tc: TrainConfig, mc: ModelConfig | None = None, weight_decay: jax.Array | None = None
+) -> optax.GradientTransformation:
     """AdamW (Loshchilov & Hutter 2019) with clipping; the peak LR is applied in the step so
-    models that differ only in LR can share one vmapped step. Given mc, μP's per-parameter LR
+    models that differ only in LR can share one vmapped step, and the step passes λ as data
+    (weight_decay; tc's when None) for the same reason. Given mc, μP's per-parameter LR
     factors (core.mup.lr_multipliers) scale the Adam direction by parameter name (optax.partition)."""
 
     def decay_mask(params):
@@ -105,7 +110,8 @@ def make_optimizer(tc: TrainConfig, mc: ModelConfig | None = None) -> optax.Grad
         parts += [optax.partition(scales | {"rest": optax.identity()}, labels)]
     # The step multiplies by peak LR × relative_schedule, so the schedule is applied once: the
     # per-step update is η_t·(Adam direction + λ·p), coupled AdamW as in PyTorch and optax.adamw.
-    parts += [optax.add_decayed_weights(tc.weight_decay, mask=decay_mask)]
+    wd = tc.weight_decay if weight_decay is None else weight_decay
+    parts += [optax.add_decayed_weights(wd, mask=decay_mask)]
     return optax.chain(*parts)
 
 
@@ -123,8 +129,8 @@ class Setup:
     init_fn: Callable[[], State]
     step_fn: Callable[[State, jax.Array], tuple[State, dict]]
     eval_fn: Callable[[dict, jax.Array], dict]
-    step_jit: Any  # the jitted step(state, batch, schedule numbers) behind step_fn
-    sched: jax.Array  # cfg's schedule numbers (schedule_numbers), on the devices
+    step_jit: Any  # the jitted step(state, batch, step numbers) behind step_fn
+    numbers: jax.Array  # cfg's schedule and weight decay (step_numbers), on the devices
     state_abstract: State  # shapes, dtypes and shardings of the train state (restore target)
 
 
@@ -138,8 +144,8 @@ def _sq_norm(tree) -> jax.Array:
     return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree))
 
 
-def build_step(cfg: RunConfig, graphdef, abstract, tx: optax.GradientTransformation):
-    """Pure train step (state, batch[A, B/A, L+1], schedule numbers[6]) -> (state, metrics);
+def build_step(cfg: RunConfig, graphdef, abstract):
+    """Pure train step (state, batch[A, B/A, L+1], step numbers[7]) -> (state, metrics);
     vmappable over models."""
     A = cfg.train.grad_accum
     gns = cfg.train.gns
@@ -149,7 +155,7 @@ def build_step(cfg: RunConfig, graphdef, abstract, tx: optax.GradientTransformat
 
     grad_fn = jax.value_and_grad(loss_fn)
 
-    def step(state: State, batch_AxBxL1: jax.Array, sched_6: jax.Array) -> tuple[State, dict]:
+    def step(state: State, batch_AxBxL1: jax.Array, h_7: jax.Array) -> tuple[State, dict]:
         params = state["params"]
         if A == 1:
             loss, grads = grad_fn(params, batch_AxBxL1[0])
@@ -168,8 +174,10 @@ def build_step(cfg: RunConfig, graphdef, abstract, tx: optax.GradientTransformat
             grads = jax.tree.map(lambda g: g / A, grads)
             loss, small_sq = loss / A, small_sq / A
         grad_norm = optax.tree.norm(grads)
+        # λ is data: its transform has no state, so the optimizer state is make_optimizer(tc)'s.
+        tx = make_optimizer(cfg.train, cfg.model, weight_decay=h_7[6])
         updates, opt = tx.update(grads, state["opt"], params)
-        lr = state["lr"] * schedule_at(state["step"], sched_6)
+        lr = state["lr"] * schedule_at(state["step"], h_7)
         params = jax.tree.map(lambda p, u: (p - lr * u).astype(p.dtype), params, updates)
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr}
         if gns:
@@ -207,10 +215,11 @@ def _opt_shardings(opt_abstract, params_sh: dict, replicated):
     return jax.tree_util.tree_map_with_path(one, opt_abstract)
 
 
-# TrainConfig fields the compiled programs never see: the schedule is data (schedule_numbers),
-# seed and peak LR are arguments of init, the rest is the host loop's bookkeeping.
+# TrainConfig fields the compiled programs never see: the schedule and weight decay are data
+# (step_numbers), seed and peak LR are arguments of init, the rest is the host loop's bookkeeping.
 NOT_COMPILED = (
-    "seed", "lr", "lr_rule", "batch_rule", "steps", "schedule", "warmup_steps", "min_lr_ratio",
+    "seed", "lr", "weight_decay", "lr_rule", "batch_rule", "steps", "schedule", "warmup_steps",
+    "min_lr_ratio",
     "decay_fraction", "cooldown_shape", "eval_every", "eval_batches", "checkpoint_every",
     "keep_checkpoints", "log_every", "gns_ema", "branch_of", "branch_step", "branch_points",
 )  # fmt: skip
@@ -224,7 +233,7 @@ def setup(cfg: RunConfig, mesh: jax.sharding.Mesh | None = None) -> Setup:
     p = _programs(_program_config(cfg), mesh, kernels.use_blocked_attention())
     tc = cfg.train
     seed, lr = np.int32(tc.seed), np.float32(tc.lr)
-    sched = jax.device_put(schedule_numbers(tc), p.replicated)
+    numbers = jax.device_put(step_numbers(tc), p.replicated)
     return Setup(
         cfg=cfg,
         mesh=mesh,
@@ -234,10 +243,10 @@ def setup(cfg: RunConfig, mesh: jax.sharding.Mesh | None = None) -> Setup:
         batch_sharding=p.batch_sh,
         eval_sharding=p.eval_sh,
         init_fn=lambda: p.init_jit(seed, lr),
-        step_fn=lambda state, batch: p.step_jit(state, batch, sched),
+        step_fn=lambda state, batch: p.step_jit(state, batch, numbers),
         eval_fn=p.eval_jit,
         step_jit=p.step_jit,
-        sched=sched,
+        numbers=numbers,
         state_abstract=p.state_abstract,
     )
 
@@ -313,7 +322,7 @@ def _programs(cfg: RunConfig, mesh: jax.sharding.Mesh, blocked_attention: bool) 
         init=init,
         init_jit=jax.jit(init, out_shardings=state_sh),
         step_jit=jax.jit(
-            build_step(cfg, graphdef, abstract, tx),
+            build_step(cfg, graphdef, abstract),
             in_shardings=(state_sh, batch_sh, replicated),
             out_shardings=(state_sh, replicated),
             donate_argnums=0,
@@ -337,7 +346,7 @@ def lower_step(cfg: RunConfig, mesh: jax.sharding.Mesh | None = None) -> jax.sta
         sharding=s.batch_sharding,
     )
     with jax.set_mesh(s.mesh):
-        return s.step_jit.lower(state_abs, batch_abs, s.sched)
+        return s.step_jit.lower(state_abs, batch_abs, s.numbers)
 
 
 def counting_config(run: RunConfig) -> RunConfig:
@@ -399,7 +408,7 @@ class RunFiles(Protocol):
 
 # TrainConfig fields that may differ inside a group: they only change values, not shapes.
 # branch_of/branch_step only say which trunk checkpoint a model starts from.
-VARYING = ("seed", "lr", "branch_of", "branch_step")
+VARYING = ("seed", "lr", "weight_decay", "branch_of", "branch_step")
 
 
 def _shape_key(cfg: RunConfig) -> tuple:
@@ -409,7 +418,8 @@ def _shape_key(cfg: RunConfig) -> tuple:
 
 def compatible(a: RunConfig, b: RunConfig) -> bool:
     """True when a and b can share one vmapped step: identical except train.seed (init and
-    data order) and train.lr (the peak LR lives in the state)."""
+    data order), train.lr (the peak LR lives in the state) and train.weight_decay (data of the
+    step, one per model)."""
     return _shape_key(a) == _shape_key(b)
 
 
@@ -427,7 +437,8 @@ def _select(mask_K: jax.Array, new: Any, old: Any) -> Any:
 
 @dataclass(frozen=True)
 class GroupSetup:
-    """Compiled pieces for K models shaped like base.cfg (seed and peak LR live in the state).
+    """Compiled pieces for K models shaped like base.cfg (seed and peak LR live in the state,
+    each model's weight decay in its step numbers).
 
     K = 1 runs `setup`'s own unstacked functions (no vmap, no mask), so a single run compiles and
     costs exactly its one-model step; K > 1 stacks every state leaf on a leading model axis.
@@ -470,9 +481,13 @@ class GroupSetup:
         return jax.make_array_from_process_local_data(self.batch_sharding, local, shape)
 
 
-def setup_group(cfg: RunConfig, K: int, mesh: jax.sharding.Mesh | None = None) -> GroupSetup:
-    """Init/step/eval for K models shaped like cfg: vmapped for K > 1, setup's own for K = 1."""
-    s = setup(cfg, mesh)
+def setup_group(cfgs: Sequence[RunConfig], mesh: jax.sharding.Mesh | None = None) -> GroupSetup:
+    """Init/step/eval for the compatible models cfgs: vmapped for K > 1, setup's own for K = 1."""
+    K = len(cfgs)
+    bad = [c.name or c.run_id() for c in cfgs if not compatible(c, cfgs[0])]
+    if bad:
+        raise ValueError(f"runs {bad} cannot share a vmapped step with {cfgs[0].name!r}")
+    s = setup(cfgs[0], mesh)
     if K == 1:
 
         def init_one(seeds: jax.Array, lrs: jax.Array) -> State:
@@ -490,12 +505,13 @@ def setup_group(cfg: RunConfig, K: int, mesh: jax.sharding.Mesh | None = None) -
             state_shardings=s.state_shardings,
             batch_sharding=s.batch_sharding,
         )
-    gp = _group_programs(_program_config(cfg), s.mesh, kernels.use_blocked_attention(), K)
+    gp = _group_programs(_program_config(cfgs[0]), s.mesh, kernels.use_blocked_attention(), K)
+    h_Kx7 = jax.device_put(np.stack([step_numbers(c.train) for c in cfgs]), s.numbers.sharding)
     return GroupSetup(
         base=s,
         K=K,
         init_fn=gp.init_jit,
-        step_fn=lambda state, batch, active_K: gp.step_jit(state, batch, active_K, s.sched),
+        step_fn=lambda state, batch, active_K: gp.step_jit(state, batch, active_K, h_Kx7),
         eval_fn=gp.eval_jit,
         state_shardings=gp.state_sh,
         batch_sharding=gp.batch_sh,
@@ -506,13 +522,12 @@ def setup_group(cfg: RunConfig, K: int, mesh: jax.sharding.Mesh | None = None) -
 def _group_programs(cfg: RunConfig, mesh: jax.sharding.Mesh, blocked: bool, K: int) -> _Programs:
     """_programs vmapped over K models (setup's cache entry for a group)."""
     p = _programs(cfg, mesh, blocked)
-    tx = make_optimizer(cfg.train, cfg.model)
-    step = jax.vmap(build_step(cfg, p.graphdef, p.abstract, tx), in_axes=(0, 0, None))
+    step = jax.vmap(build_step(cfg, p.graphdef, p.abstract), in_axes=(0, 0, 0))
     state_sh = jax.tree.map(_stacked, p.state_sh)
     batch_sh = _stacked(p.batch_sh)
 
-    def group_step(state, batch, active_K, sched_6):
-        new, metrics = step(state, batch, sched_6)
+    def group_step(state, batch, active_K, h_Kx7):
+        new, metrics = step(state, batch, h_Kx7)
         # Finished or diverged models keep their state, so they cannot overflow or leak NaNs.
         return _select(active_K, new, state), metrics
 
@@ -684,7 +699,7 @@ def _check_group(cfgs: Sequence[RunConfig], runs: Sequence[RunFiles]) -> None:
             what = [n for n, x, y in zip(("model", "data", "train", "mesh"), a, b) if x != y]
             raise ConfigError(
                 f"train_group: config {i} ({c.name!r}) differs from config 0 ({cfgs[0].name!r}) "
-                f"in {', '.join(what)} beyond train.seed/train.lr; train it in its own group"
+                f"in {', '.join(what)} beyond train.seed/lr/weight_decay; train it in its own group"
             )
 
 
@@ -796,7 +811,7 @@ def _start(
     # Every process refuses a directory holding another run (or other data) before any write.
     for c, r in zip(cfgs, runs):
         r.check_identity(c, ident)
-    g = setup_group(base, len(cfgs), mesh)
+    g = setup_group(cfgs, mesh)
     memory.check(base, len(cfgs), g.base.mesh)
     data_lib.warn_if_repeated(corpus, base.total_tokens)
     return g, corpus, ident

@@ -36,8 +36,9 @@ MAX_GROUP = 8
 
 
 def plan(runs: Sequence[RunConfig], max_group: int = MAX_GROUP) -> list[list[RunConfig]]:
-    """Groups of runs to train together, in study order: runs identical but for train.seed and
-    train.lr (LR grids, seed replicates; train.compatible) share one vmapped step
+    """Groups of runs to train together, in study order: runs identical but for train.seed,
+    train.lr and train.weight_decay (LR and λ grids, seed replicates; train.compatible) share
+    one vmapped step
     (train.train_group), up to max_group per group; everything else is a group of one. Cooldown
     branches come after every other run, so their trunks train first (runs.branches)."""
     order: list[list[RunConfig]] = []
