@@ -1,7 +1,7 @@
 """Weight decay as an axis: the optimal AdamW timescale τ = B/(ηλD) vs tokens per parameter.
 
-    jaxscale sweep run experiments/wd.py --setting tiny --results results/wd-tiny-v3
-    jaxscale timescale results/wd-tiny-v3     # τ_opt per (N, D), τ_opt = c·(D/N)^k beside Bergsma
+    jaxscale sweep run experiments/wd.py --setting tiny --results results/wd-tiny   # ~3 min
+    jaxscale timescale results/wd-tiny     # τ_opt per (N, D), τ_opt = c·(D/N)^k beside Bergsma
 
 Wang & Aitchison 2024 read AdamW's weights as an EMA of recent updates with timescale
 1/(ηλ) steps; as a fraction of the run that is τ = B/(ηλD) (B tokens/step, D tokens, η the
@@ -14,12 +14,11 @@ Settings:
   tiny     1 size (3.1k non-embedding, d=16, 1 layer) × 5 D (75-1200 steps of 8×64 tokens, ×2
            apart: D/N 12.3 to 197) × 9 τ (1/32..8, ×2 apart) + λ = 0, × 3 seeds; 150 runs,
            context 64, cosine to 10%. One size, so D/N moves with D alone. Runs differing only
-           in seed or λ share a vmapped step (λ is data of the step, like the LR; up to 8
-           runs per group, 4 groups per D; until 2026-12-01 λ was compiled in and each λ
-           was its own group of 3). τ = 1/32 and 1/16 were added after the first 120 runs put the best
-           τ at the grid's smallest (1/8) for D/N 49 and 197. The earlier 3-size × 2-D, 1-seed
-           design (trained before the schedule fix) left τ_opt unbracketed at 4 of 6 cells.
-           55 min on 2 CPU cores shared at load 14-26; results in docs/hyperparameters.md.
+           in seed or λ share a vmapped step (λ is data of the step, like the LR; groups of
+           up to 8). τ = 1/32 and 1/16 were added after a first 120 runs put the best τ at
+           the grid's smallest (1/8) for D/N 49 and 197. 3 min 25 s on 2 idle CPU cores
+           with nothing compiled yet (2026-12-01; 5 min 12 s with each λ its own group, as
+           before: BENCHMARKS.md); results in docs/hyperparameters.md.
   default  3 sizes (0.1M-0.8M non-embedding, context 128, batch 16) × 3 D (1000-16000
            steps) × 7 τ (1/64..1, ×2 apart) + λ = 0. Planned, never run here.
 """

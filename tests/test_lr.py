@@ -103,3 +103,20 @@ def test_repeated_lrs_window_over_distinct_lrs():
     f = lr.fit_lr_parabola(10**x, y)
     assert f.dof == 5 * 3 - 3  # 5 distinct LRs (best ± 2) × 3 seeds, minus 3 coefficients
     assert f.vertex == pytest.approx(math.log10(0.02), abs=4 * f.vertex_se)
+
+
+def test_printed_optima_carry_intervals_and_missing_drifts_say_why():
+    """Every printed optimum has its 90% interval; a drift that needs two sizes and has one is
+    not printed as nan but refused with what to run; two sizes carry a warning."""
+    pts = _points(np.random.default_rng(5))
+    text = lr.analyse_points(pts).describe()
+    st = lr.analyse_points(pts)
+    f = st.fits[(int(NS[0]), 32)]
+    lo, hi = f.vertex_interval(0.9)
+    assert f"[90%: {10**lo:.3g}, {10**hi:.3g}]" in text
+    e, se = st.drift_N["exponent"], st.drift_N["exponent_se"]
+    assert f"N^{e:.3f} [90%: {e - lr.Z90 * se:.3f}, {e + lr.Z90 * se:.3f}]" in text
+    one = lr.analyse_points(pts[pts["N"] == NS[0]]).describe()
+    assert "nan" not in one and "Drift with N (B=32, 1 size(s)): not measured" in one
+    two = lr.analyse_points(pts[pts["N"] <= NS[1]]).describe()
+    assert "from 2 sizes: the power-law form is assumed" in two

@@ -349,15 +349,36 @@ def extrapolated_warning(r: Any, what: str = "LR") -> str:
     )
 
 
+def _drift_line(what: str, d: dict[str, float], where: str) -> str:
+    """One drift exponent with its 90% interval, or why there is none."""
+    if not math.isfinite(d["exponent"]):
+        return (
+            f"Drift with {what} ({where}): not measured — it needs >= 2 bracketed optima "
+            f"along {what}; run more {'sizes' if what == 'N' else 'batch sizes'} or extend "
+            "the grid"
+        )
+    n = d["n_sizes"]
+    e, se = d["exponent"], d["exponent_se"]
+    line = (
+        f"Drift with {what} ({where}): LR* ∝ {what}^{e:.3f} "
+        f"[90%: {e - Z90 * se:.3f}, {e + Z90 * se:.3f}] (SE {se:.3f})"
+    )
+    if what == "N" and n == 2:
+        line += "  [from 2 sizes: the power-law form is assumed, not checked]"
+    return line
+
+
 def _describe(study: LRStudy) -> str:
     lines = [
         f"LR sensitivity (parabola in log10 LR over the best grid point ± neighbours; "
-        f"basin = fitted loss within {100 * study.tol:g}% of the optimum):"
+        f"{100 * LEVEL:g}% delta-method intervals; basin = fitted loss within "
+        f"{100 * study.tol:g}% of the optimum):"
     ]
     for _, r in study.optima.iterrows():
+        lo, hi = study.fits[(int(r["N"]), int(r["B"]))].vertex_interval(LEVEL)
+        iv = f"[90%: {10**lo:.3g}, {10**hi:.3g}]" if math.isfinite(lo) else "[90%: undefined]"
         lines.append(
-            f"  N={r['N']:>9,} B={r['B']:>4}: LR*={r['lr_opt']:.3g} "
-            f"(log10 {r['log10_lr_opt']:.2f}±{r['log10_lr_opt_se']:.2f}), "
+            f"  N={r['N']:>9,} B={r['B']:>4}: LR*={r['lr_opt']:.3g} {iv}, "
             f"loss {r['loss_opt']:.4f}; basin {r['width_decades']:.2f} decades "
             f"(observed >= {r['observed_width_decades']:.2f} "
             f"of a {r['grid_decades']:.2f}-decade grid)"
@@ -365,13 +386,7 @@ def _describe(study: LRStudy) -> str:
             + (f"  [{extrapolated_warning(r)}]" if r["extrapolated"] else "")
         )
     d, b = study.drift_N, study.drift_B
-    lines.append(
-        f"Drift with N (B={d['batch_size']}, {d['n_sizes']} sizes): LR* ∝ "
-        f"N^{d['exponent']:.3f}±{d['exponent_se']:.3f}"
-    )
+    lines.append(_drift_line("N", d, f"B={d['batch_size']}, {d['n_sizes']} size(s)"))
     if b["n_sizes"]:
-        lines.append(
-            f"Drift with B ({b['n_sizes']} size(s)): LR* ∝ "
-            f"B^{b['exponent']:.3f}±{b['exponent_se']:.3f}"
-        )
+        lines.append(_drift_line("B", b, f"{b['n_sizes']} size(s), mean of their slopes"))
     return "\n".join(lines)
