@@ -111,7 +111,9 @@ class LRStudy:
     """Per-(N, B) optima and their drift with N and B."""
 
     points: pd.DataFrame  # N, B, lr, loss, diverged, group
-    optima: pd.DataFrame  # N, B, lr_opt, log10_lr_opt, log10_lr_opt_se, loss_opt, width, edge
+    optima: (
+        pd.DataFrame
+    )  # N, B, lr_opt [lr_lo90, lr_hi90], log10_lr_opt(_se), loss_opt, width, edge
     fits: dict[tuple[int, int], LRFit]
     drift_N: dict[str, float]
     drift_B: dict[str, float]
@@ -167,6 +169,7 @@ def analyse_points(points: pd.DataFrame, *, tol: float = 0.01, half_window: int 
             xs.min() <= f.vertex <= xs.max()
         )
         within = g[g["loss"] <= (1 + tol) * best["loss"]]
+        lo, hi = f.vertex_interval(LEVEL)
         rows.append(
             {
                 "N": int(N),
@@ -177,6 +180,9 @@ def analyse_points(points: pd.DataFrame, *, tol: float = 0.01, half_window: int 
                 "log10_lr_opt": f.vertex,
                 "log10_lr_opt_se": f.vertex_se,
                 "lr_opt": 10**f.vertex if abs(f.vertex) < 30 else math.nan,
+                # Student-t on the window's residual dof (isoflop.Parabola.vertex_interval).
+                "lr_lo90": 10**lo if abs(lo) < 30 else math.nan,
+                "lr_hi90": 10**hi if abs(hi) < 30 else math.nan,
                 "loss_opt": f.min_loss,
                 "width_decades": f.width(tol),
                 "observed_width_decades": float(np.log10(within["lr"].max() / within["lr"].min())),
@@ -375,8 +381,8 @@ def _describe(study: LRStudy) -> str:
         f"{100 * study.tol:g}% of the optimum):"
     ]
     for _, r in study.optima.iterrows():
-        lo, hi = study.fits[(int(r["N"]), int(r["B"]))].vertex_interval(LEVEL)
-        iv = f"[90%: {10**lo:.3g}, {10**hi:.3g}]" if math.isfinite(lo) else "[90%: undefined]"
+        lo, hi = r["lr_lo90"], r["lr_hi90"]
+        iv = f"[90%: {lo:.3g}, {hi:.3g}]" if math.isfinite(lo) else "[90%: undefined]"
         lines.append(
             f"  N={r['N']:>9,} B={r['B']:>4}: LR*={r['lr_opt']:.3g} {iv}, "
             f"loss {r['loss_opt']:.4f}; basin {r['width_decades']:.2f} decades "
