@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from jaxscale.core import train
 from jaxscale.runs import runner, store
@@ -27,6 +29,8 @@ def test_plan_groups_only_compatible_runs():
     assert sizes == [1, 1, 7]  # lr, seed and λ variants share a step; shape or length don't
     many = [_base().replace(**{"train.lr": 1e-3 * (i + 1)}) for i in range(11)]
     assert [len(g) for g in runner.plan(many, max_group=8)] == [8, 3]
+    with pytest.raises(ValueError, match="cannot share a vmapped step"):
+        train.setup_group(lrs[:1] + longer)  # refused before anything is compiled
 
 
 def test_lr_grid_trained_as_one_group_matches_single_runs(tmp_path):

@@ -486,7 +486,11 @@ def setup_group(cfgs: Sequence[RunConfig], mesh: jax.sharding.Mesh | None = None
     K = len(cfgs)
     bad = [c.name or c.run_id() for c in cfgs if not compatible(c, cfgs[0])]
     if bad:
-        raise ValueError(f"runs {bad} cannot share a vmapped step with {cfgs[0].name!r}")
+        first = cfgs[0].name or cfgs[0].run_id()
+        raise ValueError(
+            f"runs {bad} cannot share a vmapped step with {first}: they differ beyond "
+            "train.seed/lr/weight_decay"
+        )
     s = setup(cfgs[0], mesh)
     if K == 1:
 
