@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from jaxscale.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from jaxscale.config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
 from jaxscale.core import train
 from jaxscale.runs import runner, store
 from jaxscale.runs.rundir import RunDir
@@ -29,7 +29,7 @@ def test_plan_groups_only_compatible_runs():
     assert sizes == [1, 1, 7]  # lr, seed and λ variants share a step; shape or length don't
     many = [_base().replace(**{"train.lr": 1e-3 * (i + 1)}) for i in range(11)]
     assert [len(g) for g in runner.plan(many, max_group=8)] == [8, 3]
-    with pytest.raises(ValueError, match="cannot share a vmapped step"):
+    with pytest.raises(ConfigError, match="setup_group: config 1 .* differs .* in train beyond"):
         train.setup_group(lrs[:1] + longer)  # refused before anything is compiled
 
 

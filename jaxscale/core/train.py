@@ -219,9 +219,9 @@ def _opt_shardings(opt_abstract, params_sh: dict, replicated):
 # (step_numbers), seed and peak LR are arguments of init, the rest is the host loop's bookkeeping.
 NOT_COMPILED = (
     "seed", "lr", "weight_decay", "lr_rule", "batch_rule", "steps", "schedule", "warmup_steps",
-    "min_lr_ratio",
-    "decay_fraction", "cooldown_shape", "eval_every", "eval_batches", "checkpoint_every",
-    "keep_checkpoints", "log_every", "gns_ema", "branch_of", "branch_step", "branch_points",
+    "min_lr_ratio", "decay_fraction", "cooldown_shape", "eval_every", "eval_batches",
+    "checkpoint_every", "keep_checkpoints", "log_every", "gns_ema", "branch_of", "branch_step",
+    "branch_points",
 )  # fmt: skip
 
 
@@ -484,13 +484,7 @@ class GroupSetup:
 def setup_group(cfgs: Sequence[RunConfig], mesh: jax.sharding.Mesh | None = None) -> GroupSetup:
     """Init/step/eval for the compatible models cfgs: vmapped for K > 1, setup's own for K = 1."""
     K = len(cfgs)
-    bad = [c.name or c.run_id() for c in cfgs if not compatible(c, cfgs[0])]
-    if bad:
-        first = cfgs[0].name or cfgs[0].run_id()
-        raise ValueError(
-            f"runs {bad} cannot share a vmapped step with {first}: they differ beyond "
-            "train.seed/lr/weight_decay"
-        )
+    _check_compatible(cfgs, "setup_group")
     s = setup(cfgs[0], mesh)
     if K == 1:
 
@@ -697,12 +691,16 @@ def _check_group(cfgs: Sequence[RunConfig], runs: Sequence[RunFiles]) -> None:
     resolved = [Path(r.path).resolve() for r in runs]
     if len(set(resolved)) != len(resolved):
         raise ConfigError("train_group: run directories must be distinct")
+    _check_compatible(cfgs, "train_group")
+
+
+def _check_compatible(cfgs: Sequence[RunConfig], who: str) -> None:
     for i, c in enumerate(cfgs[1:], 1):
         if not compatible(cfgs[0], c):
             a, b = _shape_key(cfgs[0]), _shape_key(c)
             what = [n for n, x, y in zip(("model", "data", "train", "mesh"), a, b) if x != y]
             raise ConfigError(
-                f"train_group: config {i} ({c.name!r}) differs from config 0 ({cfgs[0].name!r}) "
+                f"{who}: config {i} ({c.name!r}) differs from config 0 ({cfgs[0].name!r}) "
                 f"in {', '.join(what)} beyond train.seed/lr/weight_decay; train it in its own group"
             )
 
