@@ -116,6 +116,10 @@ def test_one_seed_is_warned_and_incomplete_grids_refused():
         transfer.check(pts.drop(index=5))
     with pytest.raises(ValueError, match=">= 2 shapes"):
         transfer.check(pts[pts["shape"] == "a"])
+    wild = pts.copy()
+    wild.loc[(wild["shape"] == "b") & (wild["lr"] > GRID[1]) & (wild["seed"] == 1), "loss"] = np.inf
+    with pytest.raises(ValueError, match="shape b: 2 LR.* without divergence .* add smaller LRs"):
+        transfer.check(wild)  # diverged above the second LR in one seed: nothing to fit
 
 
 def _plant(root, widths, vertex_step, param="sp", seeds=SEEDS):

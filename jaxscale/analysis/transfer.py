@@ -65,13 +65,20 @@ class Transfer:
         return [out / "transfer.json", *_plot(self, out)]
 
 
-def _vertices(loss_SxGxR: np.ndarray, lr_G: np.ndarray, half_window: int) -> list[LRFit]:
+def _vertices(
+    loss_SxGxR: np.ndarray, lr_G: np.ndarray, half_window: int, shapes: list
+) -> list[LRFit]:
     """Each shape's parabola through every seed's loss (balanced, so its vertex is that of the
     seed means, with the seeds' scatter in its interval); an LR where any seed diverged is out."""
     R = loss_SxGxR.shape[2]
     fits = []
-    for loss_GxR in loss_SxGxR:
+    for shape, loss_GxR in zip(shapes, loss_SxGxR, strict=True):
         ok_G = np.isfinite(loss_GxR).all(axis=1)
+        if ok_G.sum() < 3:
+            raise ValueError(
+                f"shape {shape}: {int(ok_G.sum())} LR(s) trained without divergence in every "
+                "seed; a transfer check needs >= 3: add smaller LRs"
+            )
         lr = np.repeat(lr_G[ok_G], R)
         fits.append(fit_lr_parabola(lr, loss_GxR[ok_G].ravel(), half_window))
     return fits
@@ -117,7 +124,7 @@ def check(points: pd.DataFrame, *, tol_steps: float = 1.0, half_window: int = 2)
     x_G = np.log10(lr_G)
     step = float(np.median(np.diff(x_G)))
     x0 = float(x_G[0])
-    fits = _vertices(loss_SxGxR, lr_G, half_window)
+    fits = _vertices(loss_SxGxR, lr_G, half_window, shapes)
     rows = []
     for s, f, m in zip(shapes, fits, loss_SxGxR.mean(axis=2), strict=True):
         lo, hi = f.vertex_interval(LEVEL)
@@ -142,7 +149,7 @@ def check(points: pd.DataFrame, *, tol_steps: float = 1.0, half_window: int = 2)
     if len(seeds) >= 2:
         for i, sd in enumerate(seeds):
             keep = [j for j in range(len(seeds)) if j != i]
-            f_loo = _vertices(loss_SxGxR[:, :, keep], lr_G, half_window)
+            f_loo = _vertices(loss_SxGxR[:, :, keep], lr_G, half_window, shapes)
             sp, dr = _spread_drift(f_loo, x0, step)
             loo_rows.append({"left_out": sd, "spread": sp, "drift": dr})
     loo = pd.DataFrame(loo_rows, columns=["left_out", "spread", "drift"])
