@@ -133,7 +133,10 @@ def _plant(root, widths, vertex_step, param="sp", seeds=SEEDS):
                     train=TrainConfig(lr=float(lr), seed=s),
                 )
                 loss = 3 + 0.05 * (i - vertex_step(w)) ** 2 + rng.normal(0, 0.005)
-                plant_run(root, cfg, summary={"status": "done", "loss": loss, "tokens": 1000})
+                summary = {"status": "done", "loss": loss, "tokens": 1000}
+                if lr == GRID[-1] and s == 0:  # diverged early: fewer tokens, counted as +inf
+                    summary = {"status": "diverged", "loss": float("nan"), "tokens": 300}
+                plant_run(root, cfg, summary=summary)
 
 
 def test_cli_transfer_on_a_results_dir(tmp_path, capsys):
@@ -143,6 +146,7 @@ def test_cli_transfer_on_a_results_dir(tmp_path, capsys):
     assert lr_cli.run(p.parse_args(["lr", str(tmp_path), "--transfer"])) == 0
     out = json.loads((tmp_path / "analyses" / "transfer.json").read_text())
     assert out["verdict"] == "drifts" and out["drift_steps"] == pytest.approx(-2, abs=0.2)
+    assert all(o["fit_hi"] < GRID[-1] for o in out["optima"])  # the diverged LR is left out
     assert [o["shape"] for o in out["optima"]] == ["w16 d2", "w32 d2", "w64 d2"]
     assert (tmp_path / "analyses" / "transfer.png").exists()
     assert "Verdict: DRIFTS" in capsys.readouterr().out

@@ -269,14 +269,16 @@ def _plot(t: Transfer, out: Path) -> list[Path]:
 
 
 # What must be equal across a transfer check's runs: one parameterisation from one base, one
-# batch size and one token count (a shape trained longer would move its own optimum).
+# batch and one planned length (a shape trained longer would move its own optimum). Planned,
+# not trained: a diverged run stops early and still counts (as +inf).
 SAME = (
     "model.parameterization",
     "model.base_width",
     "model.depth_scaling",
     "model.base_depth",
+    "model.context_length",
     "train.batch_size",
-    "tokens",
+    "train.steps",
 )
 
 
